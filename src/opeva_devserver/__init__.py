@@ -1,0 +1,1 @@
+"""opeva-devserver: a reference OPEVA backend for development, demos and integration tests."""
