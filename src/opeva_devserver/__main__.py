@@ -1,0 +1,5 @@
+"""``python -m opeva_devserver``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Request bodies.
+
+Agent bodies ignore unknown fields (newer workers may send more); run-simulation rejects them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+JobState = Literal[
+    "launching",
+    "queued",
+    "dispatched",
+    "running",
+    "stop_requested",
+    "finished",
+    "failed",
+    "stopped",
+    "canceled",
+]
+
+WorkerId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class NextJobRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    worker_id: WorkerId
+
+
+class HeartbeatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    worker_id: WorkerId
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobStatusRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    job_id: Name
+    status: JobState
+    worker_id: WorkerId
+    container_id: str | None = None
+    container_name: str | None = None
+    exit_code: StrictInt | None = None
+    error: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class Volume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(min_length=1)
+    container: str = Field(min_length=1)
+    mode: Literal["rw", "ro"] = "rw"
+
+    @field_validator("host", "container")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "\x00" in value:
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class RunSimulationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config_path: str | None = None
+    config: dict[str, Any] | None = None
+    config_name: str | None = None
+    job_name: Name | None = None
+    target_host: WorkerId | None = None
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    command: str | list[str] | None = None
+    container_name: str | None = None
+    env: dict[str, str] | None = None
+    volumes: list[Volume] | None = None
+
+    @field_validator("config_path")
+    @classmethod
+    def _config_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value or "\\" in value:
+            raise ValueError("config_path contains a forbidden character")
+        if value.startswith("/"):
+            raise ValueError("config_path must be relative to the shared dir, e.g. configs/demo.yaml")
+        parts = value.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise ValueError("config_path must not contain empty, '.' or '..' segments")
+        if parts[0] != "configs" or len(parts) < 2:
+            raise ValueError("config_path must be under configs/")
+        return value
+
+    @field_validator("config_name")
+    @classmethod
+    def _config_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for suffix in (".yaml", ".yml"):
+            if value.endswith(suffix) and len(value) > len(suffix):
+                value = value[: -len(suffix)]
+                break
+        if not _CONFIG_NAME.match(value) or ".." in value:
+            raise ValueError(
+                "config_name must be 1-128 characters from [A-Za-z0-9._-], not starting with . or -"
+            )
+        return value
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, value: str | None) -> str | None:
+        if value is not None and not _CONTAINER_NAME.match(value):
+            raise ValueError(
+                "container_name must match [A-Za-z0-9][A-Za-z0-9_.-]* and be at most 63 characters"
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None and len(value) == 0:
+            raise ValueError("command must not be empty")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            bad = [key for key in value if not _ENV_KEY.match(key)]
+            if bad:
+                raise ValueError(f"invalid environment variable names: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_config(self) -> Self:
+        if (self.config_path is None) == (self.config is None):
+            raise ValueError("give exactly one of config_path (an existing file under configs/) or config")
+        if self.config_name is not None and self.config is None:
+            raise ValueError("config_name only applies to an inline config")
+        return self
