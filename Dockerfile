@@ -37,7 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 # Runs as root on purpose: the Docker socket is root-equivalent anyway, and job
 # containers write the share as root too (see docs/deployment.md). Use
 # `--user UID:GID --group-add <socket gid>` to run it unprivileged.
-RUN mkdir -p /var/lib/job-worker-agent
+# Writable for any --user: a new named volume takes these permissions.
+RUN mkdir -p /var/lib/job-worker-agent && chmod 1777 /var/lib/job-worker-agent
 VOLUME ["/var/lib/job-worker-agent"]
 EXPOSE 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
