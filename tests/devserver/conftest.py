@@ -18,8 +18,13 @@ from opeva_devserver.store import Store
 
 @pytest.fixture
 def make_env(tmp_path: Path) -> MakeEnv:
+    made: list[Env] = []
+
     def make(**overrides: Any) -> Env:
-        return build_env(tmp_path / "shared", FakeClock(), **overrides)
+        """A fresh environment: the first in ``tmp_path/shared``, later ones in shared2, shared3..."""
+        name = "shared" if not made else f"shared{len(made) + 1}"
+        made.append(build_env(tmp_path / name, FakeClock(), **overrides))
+        return made[-1]
 
     return make
 
