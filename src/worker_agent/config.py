@@ -1,0 +1,302 @@
+"""Configuration: every setting from an environment variable or its command-line flag, checked once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker_agent import defaults
+
+
+class ConfigError(Exception):
+    """A setting has a value the worker cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: str = defaults.SERVER
+    worker_id: str = ""
+    shared_dir: Path = Path(defaults.SHARED_DIR)
+    poll_interval: float = defaults.POLL_INTERVAL_SECONDS
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL_SECONDS
+    status_poll_interval: float = defaults.STATUS_POLL_INTERVAL_SECONDS
+    running_refresh_interval: float = defaults.RUNNING_REFRESH_INTERVAL_SECONDS
+    stop_grace_period: float = defaults.STOP_GRACE_PERIOD_SECONDS
+    log_level: str = defaults.LOG_LEVEL
+    image: str = defaults.WORKER_IMAGE
+    image_pull_policy: str = defaults.IMAGE_PULL_POLICY
+    exit_after_job: bool = False
+    state_dir: Path = Path(defaults.STATE_DIR)
+    http_timeout: float = defaults.HTTP_TIMEOUT_SECONDS
+    allowed_images: tuple[str, ...] = ()
+    job_timeout: float | None = None
+    max_log_bytes: int = defaults.MAX_LOG_BYTES
+    stop_job_on_exit: bool = False
+    redact_vars: tuple[str, ...] = ()
+    token: str | None = None
+
+    def image_allowed_patterns(self) -> tuple[str, ...]:
+        """ALLOWED_IMAGES, or by default any tag or digest of the worker's own image repository."""
+        if self.allowed_images:
+            return self.allowed_images
+        repository = self.image.split("@", 1)[0]
+        if ":" in repository.rsplit("/", 1)[-1]:
+            repository = repository.rsplit(":", 1)[0]
+        return (repository, f"{repository}:*", f"{repository}@*")
+
+
+# --- value parsers: each takes the raw string and returns the value or raises ValueError(reason) ---
+
+
+def _url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://"):
+        raise ValueError("must start with http:// or https://")
+    return raw.rstrip("/")
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _optional_seconds(raw: str) -> float | None:
+    return None if raw.strip() in ("", "0") else _seconds(raw)
+
+
+def _byte_count(raw: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = raw.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = units.get(text[-1:], 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise ValueError("must be a byte count such as 1073741824, 512M or 1G") from None
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError("must be one of " + ", ".join(allowed))
+        return raw
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    switch: bool = False  # a flag without a value (store_true)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("server", "OPEVA_SERVER", "--server", _url, f"Backend base URL (default {defaults.SERVER})."),
+    Option("worker_id", "WORKER_ID", "--worker-id", _text, "Worker identifier (default: the hostname)."),
+    Option(
+        "shared_dir",
+        "OPEVA_SHARED_DIR",
+        "--shared-dir",
+        lambda raw: Path(_text(raw)),
+        f"Local path of the mounted shared directory (default {defaults.SHARED_DIR}).",
+    ),
+    Option(
+        "poll_interval",
+        "POLL_INTERVAL",
+        "--poll-interval",
+        _seconds,
+        f"Seconds between queue polls when idle (default {defaults.POLL_INTERVAL_SECONDS:g}).",
+    ),
+    Option(
+        "heartbeat_interval",
+        "WORKER_HEARTBEAT_INTERVAL",
+        "--heartbeat-interval",
+        _seconds,
+        f"Heartbeat interval in seconds, also while a job runs (default {defaults.HEARTBEAT_INTERVAL_SECONDS:g}).",
+    ),
+    Option(
+        "status_poll_interval",
+        "STATUS_POLL_INTERVAL",
+        "--status-poll-interval",
+        _seconds,
+        "How often to read the job's status while it runs, to see stop requests "
+        f"(seconds, default {defaults.STATUS_POLL_INTERVAL_SECONDS:g}).",
+    ),
+    Option(
+        "running_refresh_interval",
+        "RUNNING_REFRESH_INTERVAL",
+        "--running-refresh-interval",
+        _seconds,
+        "Seconds between re-sends of `running` while a job runs "
+        f"(default {defaults.RUNNING_REFRESH_INTERVAL_SECONDS:g}).",
+    ),
+    Option(
+        "stop_grace_period",
+        "STOP_GRACE_PERIOD",
+        "--stop-grace-period",
+        _seconds,
+        f"Seconds between SIGTERM and SIGKILL when stopping a job (default {defaults.STOP_GRACE_PERIOD_SECONDS:g}).",
+    ),
+    Option(
+        "log_level",
+        "LOG_LEVEL",
+        "--log-level",
+        _log_level,
+        f"Python logging level: DEBUG, INFO, ... (default {defaults.LOG_LEVEL}).",
+    ),
+    Option(
+        "image",
+        "WORKER_IMAGE",
+        "--image",
+        _text,
+        f"Job image when the backend names none (default {defaults.WORKER_IMAGE}).",
+    ),
+    Option(
+        "image_pull_policy",
+        "IMAGE_PULL_POLICY",
+        "--image-pull-policy",
+        _choice("if-not-present", "always", "never"),
+        f"When to pull a job image: if-not-present, always, never (default {defaults.IMAGE_PULL_POLICY}).",
+    ),
+    Option(
+        "exit_after_job",
+        "WORKER_EXIT_AFTER_JOB",
+        "--exit-after-job",
+        _flag,
+        "Exit after the current (or next) job ends (default off). SIGUSR1 does the same at run time.",
+        switch=True,
+    ),
+    Option(
+        "state_dir",
+        "WORKER_STATE_DIR",
+        "--state-dir",
+        lambda raw: Path(_text(raw)),
+        f"Durable state directory: status outbox and active job (default {defaults.STATE_DIR}).",
+    ),
+    Option(
+        "allowed_images",
+        "ALLOWED_IMAGES",
+        "--allowed-images",
+        _names,
+        "Comma-separated glob patterns of images a backend may ask for "
+        "(default: any tag of WORKER_IMAGE's repository).",
+    ),
+    Option(
+        "job_timeout",
+        "JOB_TIMEOUT",
+        "--job-timeout",
+        _optional_seconds,
+        "Stop a job after this many seconds and report it failed with error=timeout (default 0: no limit).",
+    ),
+    Option(
+        "max_log_bytes",
+        "MAX_LOG_BYTES",
+        "--max-log-bytes",
+        _byte_count,
+        "Cap of one job log; past it one marker line is written and output dropped (default 1G).",
+    ),
+    Option(
+        "stop_job_on_exit",
+        "WORKER_STOP_JOB_ON_EXIT",
+        "--stop-job-on-exit",
+        _flag,
+        "On SIGTERM/SIGINT stop the running job and report it stopped, instead of leaving it running "
+        "for the next worker start to re-adopt (default off).",
+        switch=True,
+    ),
+    Option(
+        "redact_vars",
+        "REDACT_VARS",
+        "--redact-vars",
+        _names,
+        "Comma-separated job env var names whose values are masked in the job log, on top of names "
+        "containing TOKEN, SECRET, PASSWORD or KEY.",
+    ),
+    Option("token", "OPEVA_TOKEN", "--token", _text, "Bearer token for the backend (never logged)."),
+    Option(
+        "http_timeout",
+        "HTTP_TIMEOUT",
+        "--http-timeout",
+        _seconds,
+        f"Timeout of one backend HTTP call in seconds (default {defaults.HTTP_TIMEOUT_SECONDS:g}).",
+    ),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option; values stay raw strings so that one parser checks env and flags alike."""
+    for option in OPTIONS:
+        help_text = f"{option.help} [env {option.env}]"
+        if option.switch:
+            parser.add_argument(option.flag, dest=option.field, action="store_const", const="1", help=help_text)
+        else:
+            parser.add_argument(option.flag, dest=option.field, metavar=option.env, help=help_text)
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings: a flag wins over its env var, which wins over the default."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        from_flag = getattr(args, option.field, None) if args is not None else None
+        raw, source = (from_flag, option.flag) if from_flag is not None else (env.get(option.env), option.env)
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid {source}={raw!r}: {exc}") from None
+    if not values.get("worker_id"):
+        values["worker_id"] = socket.gethostname()
+    return dataclasses.replace(Settings(), **values)
+
+
+def describe(settings: Settings) -> Sequence[str]:
+    """The effective settings as `ENV=value` lines, for the worker's start-up log."""
+    shown = {option.env: getattr(settings, option.field) for option in OPTIONS}
+    if settings.token:
+        shown["OPEVA_TOKEN"] = "***"
+    return [f"{name}={value}" for name, value in shown.items()]

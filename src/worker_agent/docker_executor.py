@@ -1,0 +1,251 @@
+"""The Docker executor: one container per job, driven through the Docker Engine API (never the CLI)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+from docker.types import LogConfig
+from docker.types import Mount as DockerMount
+
+from worker_agent.executor import ExecutorUnavailable, JobHandle, JobSpec, StartError
+
+log = logging.getLogger(__name__)
+
+LABEL_WORKER = "opeva.worker_id"
+LABEL_JOB = "opeva.job_id"
+LABEL_MANAGED = "opeva.managed-by"
+_HEADER = struct.Struct(">BxxxL")
+_READ_SIZE = 256 * 1024
+
+
+class JobLost(StartError):
+    """The job's container no longer exists."""
+
+
+@contextlib.contextmanager
+def _engine(action: str) -> Iterator[None]:
+    """Turn 'cannot reach dockerd' into ExecutorUnavailable and API refusals into StartError."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise JobLost(f"{action}: {exc.explanation or exc}") from None
+    except docker.errors.APIError as exc:
+        raise StartError(f"{action}: {exc.explanation or exc}") from None
+    except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
+        raise ExecutorUnavailable(f"{action}: Docker unreachable: {exc}") from None
+
+
+def demux(blobs: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Split Docker's multiplexed stream (8-byte header: stream id, size) into (stream, bytes) frames.
+
+    Reads big blobs and slices frames out of them: far fewer system calls than a read per header.
+    """
+    buffer = bytearray()
+    for blob in blobs:
+        buffer += blob
+        offset = 0
+        while len(buffer) - offset >= _HEADER.size:
+            stream, size = _HEADER.unpack_from(buffer, offset)
+            end = offset + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            if size and stream in (1, 2):
+                yield stream, bytes(buffer[offset + _HEADER.size : end])
+            offset = end
+        del buffer[:offset]
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(
+        self,
+        pull_policy: str = "if-not-present",
+        client: docker.DockerClient | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._pull_policy = pull_policy
+        self._client = client
+        self._timeout = timeout
+        self._attached: dict[str, Any] = {}
+
+    @property
+    def _api(self) -> docker.APIClient:
+        if self._client is None:
+            with _engine("connect"):
+                self._client = docker.from_env(timeout=int(self._timeout))
+        return self._client.api
+
+    def ping(self) -> str:
+        with _engine("ping"):
+            return str(self._api.version().get("Version", "unknown"))
+
+    def start(self, spec: JobSpec, progress: Callable[[str], None] = lambda line: None) -> JobHandle:
+        self._ensure_image(spec.image, progress)
+        labels = {**spec.labels, LABEL_JOB: spec.job_id, LABEL_MANAGED: "job-worker-agent"}
+        mounts = [
+            DockerMount(target=m.container, source=m.host, type="bind", read_only=m.read_only) for m in spec.mounts
+        ]
+        with _engine(f"create container {spec.name}"):
+            host_config = self._api.create_host_config(
+                mounts=mounts,
+                # json-file whatever the daemon's default: it is what a restarted worker catches up from.
+                log_config=LogConfig(type=LogConfig.types.JSON),
+                security_opt=["no-new-privileges"],
+            )
+            created = self._api.create_container(
+                spec.image,
+                command=spec.command,
+                name=spec.name,
+                environment=spec.env,
+                labels=labels,
+                host_config=host_config,
+                detach=True,
+            )
+        job = JobHandle(spec.job_id, created["Id"], spec.name, dict(spec.env))
+        try:
+            # Attach before start, so the first byte the job prints is captured.
+            self._attached[job.ref] = self._attach(job.ref)
+            with _engine(f"start container {spec.name}"):
+                self._api.start(job.ref)
+        except (StartError, ExecutorUnavailable):
+            self._close_attached(job.ref)
+            with contextlib.suppress(StartError, ExecutorUnavailable):
+                self.remove(job)
+            raise
+        return job
+
+    def output(self, job: JobHandle, from_start: bool) -> Iterator[tuple[int, bytes]]:
+        response = None if from_start else self._attached.pop(job.ref, None)
+        if response is None:
+            response = self._logs(job.ref)
+            blobs: Iterable[bytes] = response.iter_content(chunk_size=None)
+        else:
+            blobs = _read_raw(response)
+        try:
+            yield from demux(blobs)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise ExecutorUnavailable(f"output of {job.name}: {exc}") from None
+        finally:
+            response.close()
+
+    def exit_code(self, job: JobHandle) -> int | None:
+        with _engine(f"inspect {job.name}"):
+            state = self._api.inspect_container(job.ref)["State"]
+        if state.get("Running") or state.get("Status") in ("created", "restarting"):
+            return None
+        return int(state.get("ExitCode", -1))
+
+    def stop(self, job: JobHandle, grace_seconds: float) -> None:
+        with _engine(f"stop {job.name}"):
+            # The Engine sends the image's stop signal (SIGTERM), then SIGKILL after the grace period.
+            self._api.stop(job.ref, timeout=max(0, round(grace_seconds)))
+
+    def remove(self, job: JobHandle) -> None:
+        self._close_attached(job.ref)
+        with contextlib.suppress(JobLost), _engine(f"remove {job.name}"):
+            self._api.remove_container(job.ref, force=True)
+
+    def find_owned(self, worker_id: str) -> list[JobHandle]:
+        with _engine("list containers"):
+            found = self._api.containers(all=True, filters={"label": f"{LABEL_WORKER}={worker_id}"})
+            handles = []
+            for item in found:
+                labels = item.get("Labels") or {}
+                env = self._api.inspect_container(item["Id"])["Config"].get("Env") or []
+                handles.append(
+                    JobHandle(
+                        labels.get(LABEL_JOB, ""),
+                        item["Id"],
+                        (item.get("Names") or ["/" + item["Id"][:12]])[0].lstrip("/"),
+                        dict(entry.split("=", 1) for entry in env if "=" in entry),
+                    )
+                )
+        return [handle for handle in handles if handle.job_id]
+
+    # --- helpers ---
+
+    def _ensure_image(self, image: str, progress: Callable[[str], None]) -> None:
+        if self._pull_policy != "always" and self._has_image(image):
+            return
+        if self._pull_policy == "never":
+            raise StartError(f"image {image} is not present and IMAGE_PULL_POLICY=never")
+        progress(f"pulling image {image}")
+        repository, tag = _split_reference(image)
+        try:
+            with _engine(f"pull {image}"):
+                last = ""
+                for event in self._api.pull(repository, tag=tag, stream=True, decode=True):
+                    if "error" in event:
+                        raise StartError(f"image {image} could not be pulled: {event['error']}")
+                    line = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
+                    if line and line != last and "progress" not in event:
+                        progress(line)
+                        last = line
+        except StartError as exc:
+            if self._pull_policy == "always" and self._has_image(image):
+                progress(f"pull failed ({exc}); using the local copy of {image}")
+                return
+            raise StartError(f"image {image} is not available: {exc}") from None
+
+    def _has_image(self, image: str) -> bool:
+        try:
+            with _engine(f"inspect image {image}"):
+                self._api.inspect_image(image)
+            return True
+        except JobLost:
+            return False
+
+    def _attach(self, ref: str) -> Any:
+        with _engine("attach"):
+            response = self._api._post(
+                self._api._url("/containers/{0}/attach", ref),
+                headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+                params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
+                stream=True,
+            )
+            self._api._raise_for_status(response)
+            self._api._disable_socket_timeout(self._api._get_raw_response_socket(response))
+        return response
+
+    def _logs(self, ref: str) -> Any:
+        with _engine("logs"):
+            response = self._api._get(
+                self._api._url("/containers/{0}/logs", ref),
+                params={"stdout": 1, "stderr": 1, "follow": 1, "tail": "all"},
+                stream=True,
+            )
+            self._api._raise_for_status(response)
+            self._api._disable_socket_timeout(self._api._get_raw_response_socket(response))
+        return response
+
+    def _close_attached(self, ref: str) -> None:
+        response = self._attached.pop(ref, None)
+        if response is not None:
+            response.close()
+
+
+def _read_raw(response: Any) -> Iterator[bytes]:
+    """Bytes of a hijacked (attach) connection, including any the HTTP parser already buffered."""
+    reader = response.raw._fp.fp
+    while chunk := reader.read1(_READ_SIZE):
+        yield chunk
+
+
+def _split_reference(image: str) -> tuple[str, str | None]:
+    """`repo[:tag][@digest]` -> (repo, tag or digest); a port in the registry host is not a tag."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"

@@ -1,0 +1,99 @@
+"""Status delivery: every transition goes through the durable outbox and is retried until acknowledged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from worker_agent.backend import STOPPING, BackendClient, BackendError, Conflict, StatusUpdate, UnknownJob
+from worker_agent.retry import Outage
+from worker_agent.state import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Reporter:
+    def __init__(
+        self,
+        backend: BackendClient,
+        outbox: Outbox,
+        on_stop_seen: Callable[[str], None] = lambda job_id: None,
+    ) -> None:
+        self._backend = backend
+        self._outbox = outbox
+        self._on_stop_seen = on_stop_seen
+        self._outage = Outage("backend (status delivery)", log)
+        self._idle = threading.Event()
+
+    def report(self, update: StatusUpdate) -> None:
+        """Record the update durably; the delivery thread sends it."""
+        log.info("job %s: status %s", update.job_id, update.status, extra={"job_id": update.job_id})
+        self._idle.clear()
+        self._outbox.put(update)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every recorded update is acknowledged; False when time ran out."""
+        deadline = time.monotonic() + timeout
+        while self._outbox.depth():
+            if time.monotonic() >= deadline:
+                return False
+            self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        """Delivery loop: oldest first, so a job's `running` always precedes its terminal status."""
+        while not stop.is_set():
+            self._outbox.changed.clear()
+            item = self._outbox.peek()
+            if item is None:
+                self._idle.set()
+                self._outbox.changed.wait(1.0)
+                continue
+            path, update = item
+            try:
+                self._deliver(update)
+            except BackendError as exc:
+                stop.wait(self._outage.failed(exc))
+                continue
+            self._outage.succeeded()
+            self._outbox.done(path)
+
+    def _deliver(self, update: StatusUpdate) -> None:
+        try:
+            self._backend.send_status(update)
+        except UnknownJob:
+            log.warning("job %s: backend does not know it; dropping status %s", update.job_id, update.status)
+        except Conflict:
+            self._resolve_conflict(update)
+
+    def _resolve_conflict(self, update: StatusUpdate) -> None:
+        """The backend moved the job on: read where it is and send what still makes sense."""
+        current = self._backend.job_status(update.job_id)
+        if current is None or current == update.status:
+            return
+        if current == "stop_requested" and update.status in ("finished", "failed"):
+            # stop_requested -> finished is not allowed: a job that ended after a stop request is stopped.
+            self._deliver(
+                StatusUpdate(
+                    update.job_id,
+                    "stopped",
+                    update.container_id,
+                    update.container_name,
+                    update.exit_code,
+                    update.error,
+                    update.details,
+                )
+            )
+            return
+        if update.status == "running" and current in STOPPING:
+            self._on_stop_seen(update.job_id)
+            return
+        log.warning(
+            "job %s: backend has it as %s; status %s no longer applies",
+            update.job_id,
+            current,
+            update.status,
+            extra={"job_id": update.job_id},
+        )

@@ -1,0 +1,48 @@
+"""Backoff with jitter for calls that fail while a dependency is down, logged once per outage."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from worker_agent import defaults
+
+
+class Outage:
+    """Tracks one dependency (backend, Docker, share): the next delay, and one log line per outage."""
+
+    def __init__(
+        self,
+        what: str,
+        logger: logging.Logger,
+        initial: float = defaults.BACKOFF_INITIAL_SECONDS,
+        maximum: float = defaults.BACKOFF_MAX_SECONDS,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.what = what
+        self._logger = logger
+        self._initial = initial
+        self._maximum = maximum
+        self._jitter = jitter
+        self._failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self._failures > 0
+
+    def failed(self, error: object) -> float:
+        """Record a failure; return how long to wait before trying again."""
+        if self._failures == 0:
+            self._logger.warning("%s unavailable: %s (retrying with backoff)", self.what, error)
+        else:
+            self._logger.debug("%s still unavailable: %s", self.what, error)
+        self._failures += 1
+        delay: float = min(self._maximum, self._initial * 2.0 ** min(self._failures - 1, 30))
+        # Jitter in [delay/2, delay) keeps a fleet of workers from retrying in lock-step.
+        return delay / 2 + self._jitter() * delay / 2
+
+    def succeeded(self) -> None:
+        if self._failures:
+            self._logger.warning("%s is back after %d failed attempts", self.what, self._failures)
+        self._failures = 0
