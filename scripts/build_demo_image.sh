@@ -20,5 +20,5 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$here/demo-image/Dockerfile" "$here/demo-image/opeva-demo-sim.sh" "$ctx/"
 cp "$busybox" "$ctx/busybox"
-docker build -q -t "$tag" "$ctx" >/dev/null || die "docker build of $tag failed"
+out=$(docker build -q -t "$tag" "$ctx" 2>&1) || { echo "$out" >&2; die "docker build of $tag failed"; }
 echo "build_demo_image: built $tag"
