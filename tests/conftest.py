@@ -1,0 +1,63 @@
+"""Shared fixtures: a real dockerd (a missing one fails the run, never skips), the busybox job image,
+the reference backend and worker processes. See harness.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from harness import Devserver, WorkerProcess, build_busybox_image
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"dockerd is not reachable ({exc}): run scripts/bootstrap.sh, which installs and starts it")
+    return client
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_busybox_image(docker_client, tmp_path_factory.mktemp("busybox-image"))
+
+
+@pytest.fixture
+def make_devserver(tmp_path: Path) -> Iterator[Callable[..., Devserver]]:
+    started: list[Devserver] = []
+
+    def make(*options: str) -> Devserver:
+        server = Devserver(tmp_path / f"backend{len(started)}", "--sweep-interval", "1", *options)
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def devserver(make_devserver: Callable[..., Devserver]) -> Devserver:
+    return make_devserver()
+
+
+@pytest.fixture
+def make_worker(
+    devserver: Devserver, tmp_path: Path, docker_client: docker.DockerClient, busybox_image: str
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Worker processes against `devserver`; their processes and containers are removed afterwards."""
+    workers: list[WorkerProcess] = []
+
+    def make(env: dict[str, str] | None = None, server: Devserver | None = None) -> WorkerProcess:
+        worker = WorkerProcess(server or devserver, tmp_path, env)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.cleanup(docker_client)

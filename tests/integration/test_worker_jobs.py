@@ -1,0 +1,180 @@
+"""The worker against a real dockerd and the reference backend over loopback, reading the real log files."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import docker
+import pytest
+from harness import SIM_IMAGE, Devserver, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.docker
+Make = Callable[..., WorkerProcess]
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+def run_one(devserver: Devserver, make_worker: Make, **job: object) -> tuple[str, WorkerProcess]:
+    """Submit one job, run a worker with --exit-after-job until it exits, return the job id."""
+    job_id = devserver.submit(image="opeva-test-busybox:latest", **job)
+    worker = make_worker().start("--exit-after-job")
+    assert worker.wait(90) == 0, worker.text()
+    return job_id, worker
+
+
+def test_job_that_succeeds_is_finished_with_its_output_logged(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id, worker = run_one(devserver, make_worker, command=sh("echo hello-out; echo hello-err >&2; ls /data"))
+
+    record = devserver.job(job_id)
+    assert record["status"] == "finished"
+    assert record["exit_code"] == 0
+    assert record["container_id"] and record["container_name"]
+    log = devserver.log_file(job_id).read_text()
+    assert "hello-out\n" in log and "hello-err\n" in log
+    assert "configs\n" in log  # the shared dir is mounted at /data
+    assert worker.containers(docker_client) == []
+
+
+def test_job_exiting_3_is_failed_with_exit_code(devserver: Devserver, make_worker: Make) -> None:
+    job_id, _ = run_one(devserver, make_worker, command=sh("echo about to fail; exit 3"))
+
+    record = devserver.job(job_id)
+    assert (record["status"], record["exit_code"]) == ("failed", 3)
+    assert "about to fail" in devserver.log_file(job_id).read_text()
+
+
+def test_missing_image_fails_the_job_with_reason_and_worker_goes_on(devserver: Devserver, make_worker: Make) -> None:
+    # Port 1 on loopback refuses at once: the image is neither present nor pullable.
+    missing = devserver.submit(image="127.0.0.1:1/opeva-test-missing:1", command=sh("true"))
+    good = devserver.submit(image="opeva-test-busybox:latest", command=sh("echo second job"))
+    worker = make_worker({"ALLOWED_IMAGES": "opeva-test-*,127.0.0.1:1/opeva-test-*"}).start()
+
+    devserver.wait_status(good, {"finished"})
+    record = devserver.job(missing)
+    assert record["status"] == "failed"
+    assert "127.0.0.1:1/opeva-test-missing:1" in record["error"]
+    assert "not available" in record["error"]
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+
+
+def test_missing_config_fails_the_job_with_reason(devserver: Devserver, make_worker: Make) -> None:
+    (devserver.shared / "configs" / "gone.yaml").write_text("x: 1\n")
+    job_id = devserver.submit(config_path="configs/gone.yaml", image="opeva-test-busybox:latest", command=sh("true"))
+    (devserver.shared / "configs" / "gone.yaml").unlink()
+    worker = make_worker().start("--exit-after-job")
+    assert worker.wait(60) == 0
+
+    record = devserver.job(job_id)
+    assert record["status"] == "failed"
+    assert "configs/gone.yaml" in record["error"] and "not found" in record["error"]
+
+
+def test_legacy_payload_runs_worker_image_with_default_command(
+    make_devserver: Callable[..., Devserver], make_worker: Make
+) -> None:
+    legacy = make_devserver("--payload-mode", "legacy")
+    job_id = legacy.submit()
+    worker = make_worker({"WORKER_IMAGE": SIM_IMAGE}, server=legacy).start("--exit-after-job")
+    assert worker.wait(60) == 0, worker.text()
+
+    assert legacy.status(job_id) == "finished"
+    log = legacy.log_file(job_id).read_text()
+    assert f"sim: config=/data/configs/test.yaml job={job_id}\n" in log
+    assert "simulation: test\n" in log  # the config was readable through /data
+
+
+def test_100000_lines_all_present_in_order(devserver: Devserver, make_worker: Make) -> None:
+    job_id, _ = run_one(devserver, make_worker, command=sh("seq 1 100000"))
+
+    assert devserver.status(job_id) == "finished"
+    lines = devserver.log_file(job_id).read_text().splitlines()
+    assert lines == [str(n) for n in range(1, 100001)]
+
+
+def test_output_without_newlines_reaches_the_file_while_the_job_runs(devserver: Devserver, make_worker: Make) -> None:
+    job_id = devserver.submit(
+        image="opeva-test-busybox:latest", command=sh("printf 'no-newline-1'; sleep 2; printf '\\377-2'; sleep 300")
+    )
+    worker = make_worker().start()
+    log = devserver.log_file(job_id)
+    wait_for(lambda: log.exists() and "no-newline-1" in log.read_text(), 20, "output without a newline")
+    # A byte that is not UTF-8 is kept, readable, instead of breaking the file.
+    wait_for(lambda: log.read_text() == "no-newline-1\\xff-2", 10, "the second chunk")
+    assert devserver.status(job_id) == "running"
+    devserver.stop_job(job_id)
+    devserver.wait_status(job_id, {"stopped"}, timeout=30)
+    worker.signal(signal.SIGTERM)
+    worker.wait(10)
+
+
+def test_stop_request_stops_the_container_within_grace_plus_one_poll(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    # The job ignores SIGTERM, so the stop has to go all the way to SIGKILL after the grace period.
+    job_id = devserver.submit(image="opeva-test-busybox:latest", command=sh("trap '' TERM; echo started; sleep 300"))
+    worker = make_worker({"STOP_GRACE_PERIOD": "3", "STATUS_POLL_INTERVAL": "2"}).start()
+    devserver.wait_status(job_id, {"running"})
+    wait_for(lambda: "started" in devserver.log_file(job_id).read_text(), 20, "the job to print")
+
+    asked = time.monotonic()
+    assert devserver.stop_job(job_id) == "stop_requested"
+    devserver.wait_status(job_id, {"stopped"}, timeout=30)
+    wait_for(lambda: worker.containers(docker_client) == [], 10, "the container to be removed")
+    elapsed = time.monotonic() - asked
+
+    # grace 3 s + one status poll 2 s; the rest is slack for a loaded machine, not a benchmark.
+    assert elapsed < 3 + 2 + 6, elapsed
+    assert devserver.job(job_id)["exit_code"] == 137  # killed: it ignored SIGTERM
+    assert devserver.status(job_id) == "stopped"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+
+
+def test_sigusr1_while_idle_exits_and_sigterm_exits_cleanly(devserver: Devserver, make_worker: Make) -> None:
+    idle = make_worker().start()
+    wait_for(lambda: idle.worker_id in devserver.hosts(), 20, "a first heartbeat")
+    idle.signal(signal.SIGUSR1)
+    assert idle.wait(10) == 0
+
+    other = make_worker().start()
+    wait_for(lambda: other.worker_id in devserver.hosts(), 20, "a first heartbeat")
+    other.signal(signal.SIGTERM)
+    assert other.wait(10) == 0
+
+
+def test_bad_configuration_exits_2_naming_the_variable(make_worker: Make) -> None:
+    for env, name in (
+        ({"POLL_INTERVAL": "abc"}, "POLL_INTERVAL"),
+        ({"WORKER_HEARTBEAT_INTERVAL": "-5"}, "WORKER_HEARTBEAT_INTERVAL"),
+        ({"OPEVA_SERVER": "backend:8000"}, "OPEVA_SERVER"),
+    ):
+        worker = make_worker(env).start()
+        assert worker.wait(30) == 2
+        message = worker.text().strip().splitlines()
+        assert len(message) == 1 and name in message[0], message
+
+
+@pytest.mark.slow
+def test_heartbeats_keep_a_three_minute_job_alive(make_devserver: Callable[..., Devserver], make_worker: Make) -> None:
+    # The backend's default host TTL (60 s) and grace (120 s): a silent host's running job fails at ~180 s.
+    # A short status TTL also proves the running refreshes.
+    server = make_devserver("--host-ttl", "60", "--offline-grace", "120", "--status-ttl", "30")
+    job_id = server.submit(image="opeva-test-busybox:latest", command=sh("sleep 190; echo done"))
+    worker = make_worker({"WORKER_HEARTBEAT_INTERVAL": "30", "RUNNING_REFRESH_INTERVAL": "10"}, server=server)
+    worker.start("--exit-after-job")
+    server.wait_status(job_id, {"running"})
+    deadline = time.monotonic() + 185
+    while time.monotonic() < deadline:
+        assert server.hosts()[worker.worker_id]["online"], "host went offline during the job"
+        assert server.status(job_id) == "running"
+        time.sleep(5)
+    assert worker.wait(60) == 0
+    assert server.status(job_id) == "finished"
+    assert server.hosts()[worker.worker_id]["info"]["last_terminal_status"] == "finished"
