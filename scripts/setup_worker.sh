@@ -157,12 +157,17 @@ fi
 if [ "$dry_run" = 1 ]; then
     echo "+ docker rm -f \$(docker ps -aq --filter label=opeva.worker-group=$worker_id) job-worker-$worker_id ..."
 else
-    old=$(docker ps -aq --filter "label=opeva.worker-group=$worker_id")
-    for name in "job-worker-$worker_id" $(seq -f "job-worker-$worker_id-%g" 1 "$replicas"); do
-        old="$old $(docker ps -aq --filter "name=^/$name\$")"
-    done
-    # shellcheck disable=SC2086  # a list of ids
-    [ -z "${old// /}" ] || { say "removing old containers"; docker rm -f $old >/dev/null; }
+    old=$(
+        docker ps -aq --filter "label=opeva.worker-group=$worker_id"
+        for name in "job-worker-$worker_id" $(seq -f "job-worker-$worker_id-%g" 1 "$replicas"); do
+            docker ps -aq --filter "name=^/$name\$"
+        done
+    )
+    if [ -n "$old" ]; then
+        say "removing old containers"
+        # shellcheck disable=SC2046  # one id per line
+        docker rm -f $(echo "$old" | sort -u) >/dev/null || die "could not remove the old containers"
+    fi
 fi
 
 group_args=()
