@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from . import __doc__ as package_doc
@@ -54,6 +55,17 @@ def build_payload(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 def _unprocessable(reason: str) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": reason})
+
+
+def _validation_failed(errors: Any) -> Response:
+    """422 listing each problem (where and why) without echoing the input, which may not be valid JSON."""
+    detail = [
+        {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")),
+         "type": str(error.get("type", ""))}
+        for error in errors
+    ]  # fmt: skip
+    body = json.dumps({"detail": detail or "invalid request"}, ensure_ascii=True)
+    return Response(content=body, status_code=422, media_type="application/json")
 
 
 def _not_found(what: str = "unknown job") -> JSONResponse:
@@ -274,5 +286,13 @@ def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> Fa
     @app.exception_handler(JobNotFound)
     async def _job_not_found(_: Request, __: JobNotFound) -> Response:
         return _not_found()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        return _validation_failed(exc.errors())
+
+    @app.exception_handler(UnicodeError)
+    async def _bad_text(_: Request, __: UnicodeError) -> Response:
+        return _unprocessable("strings must be valid Unicode (no lone surrogates)")
 
     return app

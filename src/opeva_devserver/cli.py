@@ -144,9 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opeva-devserver: cannot use shared dir {settings.shared_dir}: {exc}", file=sys.stderr)
         return 2
 
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level.lower(), lifespan="on"
-    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(), lifespan="on")
     server = uvicorn.Server(config)
 
     def announce() -> None:

@@ -5,10 +5,11 @@ Agent bodies ignore unknown fields (newer workers may send more); run-simulation
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 JobState = Literal[
     "launching",
@@ -25,6 +26,31 @@ JobState = Literal[
 WorkerId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
 
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    """Reject what cannot be echoed back as strict JSON: NaN/Infinity, lone surrogates, absurd nesting."""
+    if depth > 64:
+        raise ValueError("nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not allowed")
+    if isinstance(value, str):
+        value.encode("utf-8")  # raises UnicodeEncodeError (a ValueError) on lone surrogates
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, depth + 1)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json(value)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -38,7 +64,7 @@ class NextJobRequest(BaseModel):
 class HeartbeatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     worker_id: WorkerId
-    info: dict[str, Any] = Field(default_factory=dict)
+    info: JsonObject = Field(default_factory=dict)
 
 
 class JobStatusRequest(BaseModel):
@@ -48,9 +74,9 @@ class JobStatusRequest(BaseModel):
     worker_id: WorkerId
     container_id: str | None = None
     container_name: str | None = None
-    exit_code: StrictInt | None = None
+    exit_code: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     error: str | None = None
-    details: dict[str, Any] | None = None
+    details: JsonObject | None = None
 
 
 class Volume(BaseModel):
@@ -70,7 +96,7 @@ class Volume(BaseModel):
 class RunSimulationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config_path: str | None = None
-    config: dict[str, Any] | None = None
+    config: JsonObject | None = None
     config_name: str | None = None
     job_name: Name | None = None
     target_host: WorkerId | None = None
@@ -106,18 +132,14 @@ class RunSimulationRequest(BaseModel):
                 value = value[: -len(suffix)]
                 break
         if not _CONFIG_NAME.match(value) or ".." in value:
-            raise ValueError(
-                "config_name must be 1-128 characters from [A-Za-z0-9._-], not starting with . or -"
-            )
+            raise ValueError("config_name must be 1-128 characters from [A-Za-z0-9._-], not starting with . or -")
         return value
 
     @field_validator("container_name")
     @classmethod
     def _container_name(cls, value: str | None) -> str | None:
         if value is not None and not _CONTAINER_NAME.match(value):
-            raise ValueError(
-                "container_name must match [A-Za-z0-9][A-Za-z0-9_.-]* and be at most 63 characters"
-            )
+            raise ValueError("container_name must match [A-Za-z0-9][A-Za-z0-9_.-]* and be at most 63 characters")
         return value
 
     @field_validator("command")
