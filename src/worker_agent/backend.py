@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from worker_agent import __version__, defaults
+from worker_agent import __version__, defaults, metrics
 
 
 class BackendError(Exception):
@@ -89,6 +89,16 @@ class BackendClient:
         return status
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        try:
+            return self._exchange(method, path, body)
+        except (Conflict, UnknownJob):
+            raise
+        except BackendError:
+            endpoint = "/status" if path.startswith("/status/") else path
+            metrics.BACKEND_ERRORS.labels(endpoint).inc()
+            raise
+
+    def _exchange(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
         try:
             with self._http.stream(method, path, json=body) as response:
                 content = self._read_bounded(response)

@@ -41,6 +41,18 @@ class Settings:
     stop_job_on_exit: bool = False
     redact_vars: tuple[str, ...] = ()
     token: str | None = None
+    ca_bundle: Path | None = None
+    tls_verify: bool = True
+    metrics_port: int = defaults.METRICS_PORT
+    log_format: str = "text"
+    share_check: str = "writable"
+    enable_gpu: str | None = None
+    job_cpus: float | None = None
+    job_memory: int | None = None
+    job_pids_limit: int | None = None
+    allowed_volume_roots: tuple[Path, ...] = ()
+    allow_privileged: bool = False
+    allow_host_namespaces: bool = False
 
     def image_allowed_patterns(self) -> tuple[str, ...]:
         """ALLOWED_IMAGES, or by default any tag or digest of the worker's own image repository."""
@@ -92,6 +104,39 @@ def _byte_count(raw: str) -> int:
     if value <= 0:
         raise ValueError("must be positive")
     return value
+
+
+def _port(raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) > 65535:
+        raise ValueError("must be a port number from 0 to 65535 (0 turns it off)")
+    return int(raw)
+
+
+def _count(raw: str) -> int | None:
+    if raw.strip() in ("", "0"):
+        return None
+    if not raw.strip().isdigit():
+        raise ValueError("must be a whole number (0: no limit)")
+    return int(raw)
+
+
+def _optional_number(raw: str) -> float | None:
+    return None if raw.strip() in ("", "0") else _seconds(raw)
+
+
+def _gpus(raw: str) -> str | None:
+    text = raw.strip().lower()
+    if text in ("", "0", "no", "false", "off"):
+        return None
+    if text in ("1", "yes", "true", "on", "all"):
+        return "all"
+    if not all(part.strip() for part in text.split(",")):
+        raise ValueError("must be all, 0, or a comma-separated list of GPU ids")
+    return raw.strip()
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    return tuple(Path(part) for part in _names(raw))
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -256,6 +301,77 @@ OPTIONS: tuple[Option, ...] = (
         "containing TOKEN, SECRET, PASSWORD or KEY.",
     ),
     Option("token", "OPEVA_TOKEN", "--token", _text, "Bearer token for the backend (never logged)."),
+    Option(
+        "ca_bundle",
+        "OPEVA_CA_BUNDLE",
+        "--ca-bundle",
+        lambda raw: Path(_text(raw)),
+        "CA bundle to verify the backend's TLS certificate.",
+    ),
+    Option(
+        "tls_verify", "OPEVA_TLS_VERIFY", "--tls-verify", _flag, "Verify the backend's TLS certificate (default 1)."
+    ),
+    Option(
+        "metrics_port",
+        "METRICS_PORT",
+        "--metrics-port",
+        _port,
+        f"Port of /metrics, /healthz and /readyz (default {defaults.METRICS_PORT}; 0 turns it off).",
+    ),
+    Option("log_format", "LOG_FORMAT", "--log-format", _choice("text", "json"), "Worker log format: text or json."),
+    Option(
+        "share_check",
+        "SHARED_DIR_CHECK",
+        "--shared-dir-check",
+        _choice("writable", "mountpoint", "marker"),
+        "How to tell the share is really there before taking a job: writable (default), mountpoint "
+        "(OPEVA_SHARED_DIR must be a mount point), or marker (the backend's .opeva-share file must exist).",
+    ),
+    Option(
+        "enable_gpu",
+        "WORKER_ENABLE_GPU",
+        "--enable-gpu",
+        _gpus,
+        "Request GPUs for job containers: all, or a comma-separated list of GPU ids (default off).",
+    ),
+    Option("job_cpus", "JOB_CPUS", "--job-cpus", _optional_number, "CPU limit of a job container (default none)."),
+    Option(
+        "job_memory",
+        "JOB_MEMORY",
+        "--job-memory",
+        _byte_count,
+        "Memory limit of a job container, e.g. 8G (default none).",
+    ),
+    Option(
+        "job_pids_limit",
+        "JOB_PIDS_LIMIT",
+        "--job-pids-limit",
+        _count,
+        "Process limit of a job container (default none).",
+    ),
+    Option(
+        "allowed_volume_roots",
+        "ALLOWED_VOLUME_ROOTS",
+        "--allowed-volume-roots",
+        _paths,
+        "Comma-separated host directories a payload's volumes may come from (default: the shared dir).",
+    ),
+    Option(
+        "allow_privileged",
+        "ALLOW_PRIVILEGED",
+        "--allow-privileged",
+        _flag,
+        "Let a payload ask for a privileged container (default off).",
+        switch=True,
+    ),
+    Option(
+        "allow_host_namespaces",
+        "ALLOW_HOST_NAMESPACES",
+        "--allow-host-namespaces",
+        _flag,
+        "Let a payload ask for the host's network or PID namespace (default off).",
+        switch=True,
+    ),
     Option(
         "http_timeout",
         "HTTP_TIMEOUT",

@@ -35,3 +35,7 @@ BACKOFF_MAX_SECONDS = 60.0
 LOG_CHECKPOINT_SECONDS = 1.0
 # Cap of one job log file; past it one marker line is written and further output dropped.
 MAX_LOG_BYTES = 1024**3
+# Port of the worker's /metrics, /healthz and /readyz; 0 turns the endpoint off.
+METRICS_PORT = 9464
+# File the backend writes at the share's root; SHARED_DIR_CHECK=marker looks for it.
+SHARE_MARKER = ".opeva-share"

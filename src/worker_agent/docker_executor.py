@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests
-from docker.types import LogConfig
+from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
 from worker_agent.executor import ExecutorUnavailable, JobHandle, JobSpec, StartError
@@ -89,6 +90,16 @@ class DockerExecutor:
 
     def start(self, spec: JobSpec, progress: Callable[[str], None] = lambda line: None) -> JobHandle:
         self._ensure_image(spec.image, progress)
+        try:
+            return self._start(spec)
+        except StartError as exc:
+            if not spec.gpus:
+                raise
+            # A host without the NVIDIA runtime refuses GPU requests: run the job on the CPU instead.
+            progress(f"GPU request refused ({exc}); retrying once without GPUs")
+            return self._start(dataclasses.replace(spec, gpus=None))
+
+    def _start(self, spec: JobSpec) -> JobHandle:
         labels = {**spec.labels, LABEL_JOB: spec.job_id, LABEL_MANAGED: "job-worker-agent"}
         mounts = [
             DockerMount(target=m.container, source=m.host, type="bind", read_only=m.read_only) for m in spec.mounts
@@ -99,6 +110,13 @@ class DockerExecutor:
                 # json-file whatever the daemon's default: it is what a restarted worker catches up from.
                 log_config=LogConfig(type=LogConfig.types.JSON),
                 security_opt=["no-new-privileges"],
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                mem_limit=spec.memory_bytes,
+                pids_limit=spec.pids_limit,
+                device_requests=gpu_requests(spec.gpus),
+                privileged=spec.privileged,
+                network_mode=spec.network_mode,
+                pid_mode=spec.pid_mode,
             )
             created = self._api.create_container(
                 spec.image,
@@ -230,6 +248,15 @@ class DockerExecutor:
         response = self._attached.pop(ref, None)
         if response is not None:
             response.close()
+
+
+def gpu_requests(gpus: str | None) -> list[DeviceRequest] | None:
+    """Docker's request for GPUs: all of them, or the listed device ids."""
+    if not gpus:
+        return None
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=[part.strip() for part in gpus.split(",")], capabilities=[["gpu"]])]
 
 
 def _read_raw(response: Any) -> Iterator[bytes]:

@@ -31,6 +31,13 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[Mount] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    pids_limit: int | None = None
+    gpus: str | None = None  # "all" or comma-separated device ids
+    privileged: bool = False
+    network_mode: str | None = None
+    pid_mode: str | None = None
 
 
 @dataclass

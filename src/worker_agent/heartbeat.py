@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from worker_agent import metrics
 from worker_agent.backend import BackendClient, BackendError
 from worker_agent.retry import Outage
 
@@ -35,6 +36,7 @@ class Heartbeat:
             else:
                 self._outage.succeeded()
                 self.last_success = clock()
+                metrics.LAST_HEARTBEAT.set(self.last_success)
                 delay = self._interval
             self._wake.wait(delay)
             self._wake.clear()

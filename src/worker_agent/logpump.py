@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from worker_agent import metrics
 from worker_agent.state import LogPosition
 
 STDOUT, STDERR = 1, 2
@@ -149,3 +150,4 @@ class LogPump:
             done = os.write(self._fd, view)
             view = view[done:]
         self.written += len(data)
+        metrics.LOG_BYTES.inc(len(data))

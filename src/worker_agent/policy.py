@@ -32,6 +32,10 @@ def build_spec(payload: JobPayload, settings: Settings) -> JobSpec:
             *_extra_mounts(payload, settings),
         ],
         labels={LABEL_WORKER: settings.worker_id},
+        cpus=settings.job_cpus,
+        memory_bytes=settings.job_memory,
+        pids_limit=settings.job_pids_limit,
+        gpus=settings.enable_gpu,
     )
 
 

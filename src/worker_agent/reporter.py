@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from worker_agent import metrics
 from worker_agent.backend import STOPPING, BackendClient, BackendError, Conflict, StatusUpdate, UnknownJob
 from worker_agent.retry import Outage
 from worker_agent.state import Outbox
@@ -32,6 +33,7 @@ class Reporter:
         log.info("job %s: status %s", update.job_id, update.status, extra={"job_id": update.job_id})
         self._idle.clear()
         self._outbox.put(update)
+        metrics.OUTBOX_DEPTH.set(self._outbox.depth())
 
     def flush(self, timeout: float) -> bool:
         """Wait until every recorded update is acknowledged; False when time ran out."""
@@ -59,6 +61,7 @@ class Reporter:
                 continue
             self._outage.succeeded()
             self._outbox.done(path)
+            metrics.OUTBOX_DEPTH.set(self._outbox.depth())
 
     def _deliver(self, update: StatusUpdate) -> None:
         try:

@@ -11,17 +11,18 @@ import time
 from types import FrameType
 from typing import Any
 
-from worker_agent import __version__, payload
+from worker_agent import __version__, metrics, payload
 from worker_agent.backend import BackendClient, BackendError, StatusUpdate
 from worker_agent.config import ConfigError, Settings
 from worker_agent.docker_executor import DockerExecutor
 from worker_agent.executor import Executor, ExecutorUnavailable, JobHandle, StartError
 from worker_agent.heartbeat import Heartbeat
 from worker_agent.jobfiles import open_job_log
-from worker_agent.jobrun import JobRun
+from worker_agent.jobrun import DETACHED, JobRun
 from worker_agent.policy import build_spec
 from worker_agent.reporter import Reporter
 from worker_agent.retry import Outage
+from worker_agent.share import share_problem
 from worker_agent.state import JobRecord, LogPosition, StateDir
 from worker_agent.telemetry import host_info
 
@@ -44,7 +45,8 @@ class Worker:
         )
         self.executor: Executor = executor or DockerExecutor(settings.image_pull_policy)
         self.state = StateDir(settings.state_dir)
-        self.reporter = Reporter(self.backend, self.state.outbox(), on_stop_seen=self._stop_seen)
+        self.outbox = self.state.outbox()
+        self.reporter = Reporter(self.backend, self.outbox, on_stop_seen=self._stop_seen)
         self.heartbeat = Heartbeat(self.backend, settings.heartbeat_interval, self.heartbeat_info)
         self.stopping = threading.Event()  # SIGTERM/SIGINT: leave now
         self.draining = threading.Event()  # SIGUSR1: leave after the current job
@@ -52,6 +54,8 @@ class Worker:
         self._threads_stop = threading.Event()
         self._backend_outage = Outage("backend", log)
         self._docker_outage = Outage("Docker", log)
+        self._share_outage = Outage("shared directory", log)
+        self.share_problem: str | None = None
         self._needs_readopt = True
         self.active: JobRun | None = None
         self.last_job_id: str | None = None
@@ -75,6 +79,8 @@ class Worker:
         """One turn of the loop; returns how long to wait before the next."""
         if not self._docker_ready():
             return self._docker_outage.failed("not reachable")
+        if not self._share_ready():
+            return self._share_outage.failed(self.share_problem)
         if self._needs_readopt:
             self._readopt()
             return 0
@@ -149,6 +155,7 @@ class Worker:
     def _supervise(self, handle: JobHandle, record: JobRecord, adopted: bool) -> None:
         self.active = JobRun(self, handle, record, adopted)
         self.heartbeat.beat_now()
+        metrics.JOBS_STARTED.inc()
         try:
             status = self.active.supervise()
         except OSError as exc:
@@ -162,6 +169,9 @@ class Worker:
             )
         finally:
             self.active = None
+        if status != DETACHED:
+            metrics.JOBS_ENDED.labels(status).inc()
+            metrics.JOB_DURATION.observe(max(0.0, time.time() - record.started_at))
         self.last_job_id, self.last_terminal_status = handle.job_id, status
         self.heartbeat.beat_now()
 
@@ -182,9 +192,18 @@ class Worker:
             self.docker_version = self.executor.ping()
         except ExecutorUnavailable:
             self.docker_version = None
-            return False
-        self._docker_outage.succeeded()
-        return True
+        metrics.DOCKER_UP.set(self.docker_version is not None)
+        if self.docker_version is not None:
+            self._docker_outage.succeeded()
+        return self.docker_version is not None
+
+    def _share_ready(self) -> bool:
+        """No job is taken (or re-adopted) while the share is missing: its log would land on local disk."""
+        self.share_problem = share_problem(self.settings.shared_dir, self.settings.share_check)
+        metrics.SHARE_HEALTHY.set(self.share_problem is None)
+        if self.share_problem is None:
+            self._share_outage.succeeded()
+        return self.share_problem is None
 
     def heartbeat_info(self) -> dict[str, Any]:
         active = self.active
@@ -198,6 +217,9 @@ class Worker:
             "draining": self.draining.is_set() or self.stopping.is_set() or self.settings.exit_after_job,
             "docker_ok": self.docker_version is not None,
             "docker_version": self.docker_version,
+            "share_ok": self.share_problem is None,
+            "share_problem": self.share_problem,
+            "outbox_depth": self.outbox.depth(),
             **host_info(self.settings.shared_dir),
         }
 
