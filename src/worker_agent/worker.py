@@ -41,7 +41,11 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.backend = backend or BackendClient(
-            settings.server, settings.worker_id, timeout=settings.http_timeout, token=settings.token
+            settings.server,
+            settings.worker_id,
+            timeout=settings.http_timeout,
+            token=settings.token,
+            verify=str(settings.ca_bundle) if settings.ca_bundle and settings.tls_verify else settings.tls_verify,
         )
         self.executor: Executor = executor or DockerExecutor(settings.image_pull_policy)
         self.state = StateDir(settings.state_dir)
