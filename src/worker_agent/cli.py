@@ -1,4 +1,7 @@
-"""Command line: `job-worker-agent [run]` starts the worker; every setting is a flag or an env var."""
+"""Command line: `job-worker-agent [run]` starts the worker, `job-worker-agent doctor` checks the host.
+
+Every setting is a flag or an env var (config.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from worker_agent import __version__, config, logsetup
 from worker_agent.config import ConfigError
 
 EXIT_CONFIG = 2
+log = logging.getLogger("worker_agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs OPEVA jobs from the backend's queue in Docker containers, one at a time. "
         "Each option can also be set by the environment variable shown in brackets; a flag wins.",
     )
-    parser.add_argument("command", nargs="?", default="run", choices=["run"], help="run: start the worker (default)")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "doctor"],
+        help="run: start the worker (default); doctor: check configuration, backend, clock, Docker, image "
+        "and shared directory, print a table, exit 0 only when the worker can run jobs",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     config.add_arguments(parser)
     return parser
@@ -27,17 +38,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        from worker_agent import doctor
+
+        return doctor.main(args)
     try:
         settings = config.load(args)
-        logsetup.configure(settings.log_level)
+        logsetup.configure(settings.log_level, settings.log_format)
         for line in config.describe(settings):
-            logging.getLogger("worker_agent").debug("setting %s", line)
-        from worker_agent.worker import Worker
-
-        return Worker(settings).run()
+            log.debug("setting %s", line)
+        return _run(settings)
     except ConfigError as exc:
         print(f"job-worker-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _run(settings: config.Settings) -> int:
+    from worker_agent import httpserver
+    from worker_agent.worker import Worker
+
+    worker = Worker(settings)
+    server = None
+    if settings.metrics_port:
+        try:
+            server = httpserver.serve(settings.metrics_port, httpserver.worker_readiness(worker))
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid METRICS_PORT={settings.metrics_port}: cannot listen: {exc.strerror or exc} "
+                "(METRICS_PORT=0 turns the endpoint off)"
+            ) from None
+        log.info("serving /metrics, /healthz and /readyz on port %d", settings.metrics_port)
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 if __name__ == "__main__":
