@@ -22,6 +22,7 @@ class Heartbeat:
         self._outage = Outage("backend (heartbeat)", log)
         self.last_success: float | None = None
         self._wake = threading.Event()
+        self._error: BackendError | None = None
 
     def beat_now(self) -> None:
         """Send the next heartbeat at once (e.g. when the worker starts draining or a job starts)."""
@@ -29,14 +30,18 @@ class Heartbeat:
 
     def run(self, stop: threading.Event, clock: Callable[[], float]) -> None:
         while not stop.is_set():
-            try:
-                self._backend.heartbeat(self._info())
-            except BackendError as exc:
-                delay = min(self._interval, self._outage.failed(exc))
-            else:
-                self._outage.succeeded()
-                self.last_success = clock()
-                metrics.LAST_HEARTBEAT.set(self.last_success)
-                delay = self._interval
+            delay = self._interval if self.send(clock) else min(self._interval, self._outage.failed(self._error))
             self._wake.wait(delay)
             self._wake.clear()
+
+    def send(self, clock: Callable[[], float]) -> bool:
+        """One heartbeat; True when the backend acknowledged it."""
+        try:
+            self._backend.heartbeat(self._info())
+        except BackendError as exc:
+            self._error = exc
+            return False
+        self._outage.succeeded()
+        self.last_success = clock()
+        metrics.LAST_HEARTBEAT.set(self.last_success)
+        return True

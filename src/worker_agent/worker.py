@@ -243,10 +243,18 @@ class Worker:
         self.heartbeat.run(stop, time.time)
 
     def _teardown(self) -> None:
+        if not self.stopping.is_set() and self.outbox.depth():
+            # A planned exit (exit-after-job, SIGUSR1) waits until the backend has every status; a signal cuts it short.
+            log.info("waiting for the backend to acknowledge %d status update(s)", self.outbox.depth())
+            while not self.reporter.flush(1.0) and not self.stopping.is_set():
+                pass
         if not self.reporter.flush(_EXIT_FLUSH_SECONDS):
             log.warning("statuses not yet acknowledged stay in %s for the next start", self.state.root)
         self._threads_stop.set()
         self.heartbeat.beat_now()
+        # A last heartbeat, so the hosts view shows how the last job ended and that the worker is leaving.
+        if not self.outbox.depth():
+            self.heartbeat.send(time.time)
         log.info("worker %s stopped", self.settings.worker_id)
 
     def _install_signal_handlers(self) -> None:

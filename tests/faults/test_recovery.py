@@ -1,0 +1,199 @@
+"""Fault injection against real dockerd, the reference backend and a job printing numbered lines.
+
+Each test asserts the job's final status on the backend, that every numbered line is in the log
+exactly once and in order, and that no job container is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from harness import Devserver, WorkerProcess, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+Make = Callable[..., WorkerProcess]
+
+
+def numbered_job(devserver: Devserver, lines: int, per_second: int = 100) -> str:
+    script = f"i=1; while [ $i -le {lines} ]; do echo line-$i; i=$((i+1)); usleep {1_000_000 // per_second}; done"
+    return devserver.submit(image="opeva-test-busybox:latest", command=["sh", "-c", script])
+
+
+def assert_numbered_lines(log: Path, expected: int | None) -> int:
+    """Lines line-1..line-N, each once, in order; returns N (== expected when given)."""
+    numbered = [line for line in log.read_text().splitlines() if line.startswith("line-")]
+    assert numbered == [f"line-{i}" for i in range(1, len(numbered) + 1)], "lines lost, doubled or out of order"
+    if expected is not None:
+        assert len(numbered) == expected
+    return len(numbered)
+
+
+def lines_in(log: Path) -> int:
+    return log.read_text().count("line-") if log.exists() else 0
+
+
+def assert_no_containers(worker: WorkerProcess, client: docker.DockerClient) -> None:
+    wait_for(lambda: worker.containers(client) == [], 20, "job containers to be removed")
+
+
+def test_kill_9_mid_job_then_restart_readopts(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = numbered_job(devserver, 1500)
+    worker = make_worker().start()
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+
+    worker.kill()  # SIGKILL: no clean-up at all
+    time.sleep(2)  # the job keeps printing while no worker reads it
+    worker.start("--exit-after-job")
+
+    assert worker.wait(90) == 0, worker.text()
+    assert devserver.status(job_id) == "finished"
+    assert_numbered_lines(log, 1500)
+    assert_no_containers(worker, docker_client)
+
+
+def test_sigterm_leaves_job_running_and_next_worker_readopts(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = numbered_job(devserver, 1500)
+    worker = make_worker().start()
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+
+    asked = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert time.monotonic() - asked < 5, "SIGTERM must leave within 5 s"
+    assert [c.status for c in worker.containers(docker_client)] == ["running"]
+    assert devserver.status(job_id) == "running"
+
+    worker.start("--exit-after-job")
+    assert worker.wait(90) == 0, worker.text()
+    assert devserver.status(job_id) == "finished"
+    assert_numbered_lines(log, 1500)
+    assert_no_containers(worker, docker_client)
+
+
+def test_sigterm_with_stop_job_on_exit_reports_stopped(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = numbered_job(devserver, 100_000)
+    worker = make_worker({"WORKER_STOP_JOB_ON_EXIT": "1", "STOP_GRACE_PERIOD": "2"}).start()
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > 100, 30, "the job to be under way")
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert devserver.status(job_id) == "stopped"
+    assert_numbered_lines(log, None)
+    assert_no_containers(worker, docker_client)
+
+
+def test_backend_down_when_job_ends_status_arrives_after_restart(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = numbered_job(devserver, 1000)
+    worker = make_worker().start("--exit-after-job")
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > 100, 30, "the job to be under way")
+
+    devserver.stop()
+    wait_for(lambda: worker.containers(docker_client) == [], 60, "the job to end while the backend is down")
+    time.sleep(max(0.0, 30 - 10))  # the backend stays down 30 s in all
+    assert worker.proc is not None and worker.proc.poll() is None, "the worker must wait for the backend"
+    devserver.start()
+
+    assert worker.wait(90) == 0, worker.text()
+    assert devserver.status(job_id) == "finished"
+    assert_numbered_lines(log, 1000)
+    assert worker.text().count("backend (status delivery) unavailable") == 1, "one log line per outage"
+
+
+@contextlib.contextmanager
+def share_mounted(export: Path, mount_point: Path) -> Iterator[Callable[[bool], None]]:
+    """A bind mount standing in for the NFS share (this kernel has no NFS); yields set_mounted(bool)."""
+
+    def set_mounted(mounted: bool) -> None:
+        command = ["mount", "--bind", str(export), str(mount_point)] if mounted else ["umount", "-l", str(mount_point)]
+        subprocess.run(command, check=True)
+
+    set_mounted(True)
+    try:
+        yield set_mounted
+    finally:
+        if os.path.ismount(mount_point):
+            set_mounted(False)
+
+
+def test_share_gone_mid_job_then_back(
+    make_devserver: Callable[..., Devserver], make_worker: Make, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    server = make_devserver()
+    export = tmp_path / "export"
+    # The backend's tree becomes the "export"; the worker sees it through the mount point only.
+    server.shared.rename(export)
+    server.shared.mkdir()
+    with share_mounted(export, server.shared) as set_mounted:
+        job_id = numbered_job(server, 1500)
+        worker = make_worker({"SHARED_DIR_CHECK": "marker"}, server=server).start()
+        log = server.log_file(job_id)
+        wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+
+        second = server.submit(image="opeva-test-busybox:latest", command=["sh", "-c", "echo second"])
+        set_mounted(False)
+        wait_for(lambda: server.hosts()[worker.worker_id]["info"]["share_ok"] is False, 20, "heartbeat: share down")
+        time.sleep(3)
+        # Nothing about the job was written onto the local disk under the bare mount point.
+        assert not (server.shared / "jobs" / job_id / "logs").exists()
+        assert server.status(second) == "queued", "no job is taken while the share is gone"
+
+        set_mounted(True)
+        server.wait_status(job_id, {"finished"}, timeout=60)
+        server.wait_status(second, {"finished"}, timeout=60)
+        assert_numbered_lines(log, 1500)
+        assert_no_containers(worker, docker_client)
+        worker.signal(signal.SIGTERM)
+        worker.wait(10)
+
+
+def _restart_dockerd() -> None:
+    pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=True).stdout.split()[0])
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60, "dockerd to exit")
+    with open("/tmp/dockerd.log", "ab") as out:
+        subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+    wait_for(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0, 60, "dockerd back")
+
+
+def test_dockerd_restart_mid_job(devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient) -> None:
+    job_id = numbered_job(devserver, 1500)
+    worker = make_worker().start("--exit-after-job")
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+
+    _restart_dockerd()
+
+    assert worker.wait(120) == 0, worker.text()
+    record = devserver.job(job_id)
+    live_restore = docker.from_env().info().get("LiveRestoreEnabled")
+    if live_restore:
+        assert record["status"] == "finished"
+        assert_numbered_lines(log, 1500)
+    else:
+        # Without live-restore dockerd takes its containers down with it: the job failed, and says how.
+        assert record["status"] == "failed"
+        assert record["exit_code"] is not None or record["error"]
+        printed = assert_numbered_lines(log, None)
+        assert printed > 200
+    assert_no_containers(worker, docker.from_env())
