@@ -52,7 +52,7 @@ def worker_readiness(worker: WorkerView, clock: Callable[[], float] = time.time)
         if last is None:
             found.append("no heartbeat acknowledged by the backend yet")
         elif clock() - last > window:
-            found.append(f"backend not reached for {clock() - last:.0f}s (last heartbeat acknowledged)")
+            found.append(f"no heartbeat acknowledged by the backend for {clock() - last:.0f}s (limit {window:g}s)")
         return found
 
     return problems
