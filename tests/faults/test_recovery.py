@@ -131,7 +131,7 @@ def share_mounted(export: Path, mount_point: Path) -> Iterator[Callable[[bool], 
     try:
         yield set_mounted
     finally:
-        if os.path.ismount(mount_point):
+        while os.path.ismount(mount_point):
             set_mounted(False)
 
 
