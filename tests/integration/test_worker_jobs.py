@@ -178,3 +178,20 @@ def test_heartbeats_keep_a_three_minute_job_alive(make_devserver: Callable[..., 
     assert worker.wait(60) == 0
     assert server.status(job_id) == "finished"
     assert server.hosts()[worker.worker_id]["info"]["last_terminal_status"] == "finished"
+
+
+def test_job_timeout_stops_the_job_and_reports_failed_timeout(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id, worker = run_one(
+        devserver,
+        make_worker_with(make_worker, {"JOB_TIMEOUT": "2", "STOP_GRACE_PERIOD": "1"}),
+        command=sh("sleep 300"),
+    )
+    record = devserver.job(job_id)
+    assert (record["status"], record["error"]) == ("failed", "timeout")
+    assert worker.containers(docker_client) == []
+
+
+def make_worker_with(make_worker: Make, env: dict[str, str]) -> Make:
+    return lambda **kwargs: make_worker(env, **kwargs)
