@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,6 +91,16 @@ def test_setup_worker_runs_a_job_end_to_end(
     result = json.loads((shared / "jobs" / job_id / "results" / "result.json").read_text())
     assert result["status"] == "ok"
     assert worker_group in [h.get("worker_id") for h in http("GET", f"{url}/hosts")]
+
+    # METRICS_PORT reached the worker, and the image's HEALTHCHECK command passes inside it.
+    assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5).status == 200
+    test = json.loads(run(["docker", "inspect", "-f", "{{json .Config.Healthcheck.Test}}", second]).stdout)
+    assert test[0] == "CMD"
+    run(["docker", "exec", second, *test[1:]])
+
+    # `doctor` inside the deployed container finds everything in place.
+    doctor = run(["docker", "exec", second, "job-worker-agent", "doctor"], check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
     # The state volume is per worker and survives a re-run.
     volumes = run(["docker", "inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", second]).stdout
