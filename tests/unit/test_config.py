@@ -82,3 +82,9 @@ def test_every_option_is_documented_in_help() -> None:
     text = build_parser().format_help()
     for option in config.OPTIONS:
         assert option.env in text and option.flag in text
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [option.env for option in config.OPTIONS if f"`{option.env}`" not in readme]
+    assert missing == []
