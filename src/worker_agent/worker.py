@@ -65,6 +65,7 @@ class Worker:
         self.last_job_id: str | None = None
         self.last_terminal_status: str | None = None
         self.docker_version: str | None = None
+        self._docker_error: ExecutorUnavailable | None = None
 
     # --- the story ---
 
@@ -82,7 +83,7 @@ class Worker:
     def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
         if not self._docker_ready():
-            return self._docker_outage.failed("not reachable")
+            return self._docker_outage.failed(self._docker_error)
         if not self._share_ready():
             return self._share_outage.failed(self.share_problem)
         if self._needs_readopt:
@@ -194,8 +195,8 @@ class Worker:
     def _docker_ready(self) -> bool:
         try:
             self.docker_version = self.executor.ping()
-        except ExecutorUnavailable:
-            self.docker_version = None
+        except ExecutorUnavailable as exc:
+            self.docker_version, self._docker_error = None, exc
         metrics.DOCKER_UP.set(self.docker_version is not None)
         if self.docker_version is not None:
             self._docker_outage.succeeded()
