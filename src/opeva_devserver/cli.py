@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -140,9 +141,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             offline_grace=settings.offline_grace,
         )
         app = create_app(store, settings)
-    except OSError as exc:
-        print(f"opeva-devserver: cannot use shared dir {settings.shared_dir}: {exc}", file=sys.stderr)
+    except (OSError, sqlite3.Error) as exc:
+        print(
+            f"opeva-devserver: cannot use shared dir {settings.shared_dir} / database "
+            f"{settings.resolved_db_path}: {exc}",
+            file=sys.stderr,
+        )
         return 2
+    logging.getLogger("opeva_devserver").info(
+        "shared dir %s, database %s, payload mode %s, host ttl %ss, status ttl %ss, offline grace %ss",
+        settings.shared_dir,
+        settings.resolved_db_path,
+        settings.payload_mode,
+        settings.host_ttl,
+        settings.status_ttl,
+        settings.offline_grace,
+    )
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(), lifespan="on")
     server = uvicorn.Server(config)
