@@ -1,0 +1,103 @@
+"""Benchmark the worker against Docker's own CLI, side by side in one run; write the figures as Markdown.
+
+.venv/bin/python bench/run.py                  # full run (~7 min on 2 cores) -> bench/RESULTS.md
+.venv/bin/python bench/run.py --smoke --out F  # small sizes, 1 repeat, no profile (~1 min) -> F
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import report, scenarios  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: proves the suite still runs")
+    parser.add_argument("--out", type=Path, help="Markdown to write (default bench/RESULTS.md; smoke: a temp file)")
+    parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 3; smoke 1)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument("--render", type=Path, help="only re-render the Markdown from a saved results JSON")
+    args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        (args.out or REPO / "bench" / "RESULTS.md").write_text(report.render(saved))
+        return 0
+    sizes = scenarios.SMOKE if args.smoke else scenarios.FULL
+    if args.repeats:
+        sizes = scenarios.Sizes(**{**sizes.__dict__, "repeats": args.repeats})
+    out = args.out or (Path(tempfile.mkstemp(suffix=".md")[1]) if args.smoke else REPO / "bench" / "RESULTS.md")
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # still remove containers and processes
+    began = time.monotonic()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="opeva-bench-") as tmp:
+        bench = scenarios.Bench(Path(tmp), sizes)
+        try:
+            results["throughput"] = bench.throughput()
+            results["readopt"] = bench.readopt()
+            results["latency"] = bench.latency()
+            results["turnaround"] = bench.turnaround()
+            results["stop"] = bench.stop_latency()
+            results["idle"] = bench.idle()
+            if not (args.smoke or args.no_profile):
+                results["profile"] = bench.profile(REPO / "bench" / "out")
+        finally:
+            bench.note_others()
+            bench.close()
+    results["meta"] = {
+        "mode": "smoke" if args.smoke else "full",
+        "repeats": sizes.repeats,
+        "seconds": time.monotonic() - began,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {_cores()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+        "docker": _docker_version(),
+        "commit": _git("rev-parse", "--short", "HEAD")
+        + (" + uncommitted src/ changes" if _git("status", "-s", "src") else ""),
+        "sizes": dataclasses.asdict(sizes),
+        "others": sorted(bench.others),
+    }
+    saved = REPO / "bench" / "out" / f"results-{results['meta']['mode']}.json"
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps(results, indent=1))
+    text = report.render(results)
+    out.write_text(text)
+    print(text)
+    print(f"bench: wrote {out} after {results['meta']['seconds']:.0f}s")
+    failures = report.failures(results)
+    for failure in failures:
+        print(f"bench: FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _docker_version() -> str:
+    done = subprocess.run(["docker", "version", "-f", "{{.Server.Version}}"], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
