@@ -5,8 +5,9 @@
 #   --local-base    build opeva-local/python:3.11 with debootstrap first and use it
 #                   (for machines that reach no container registry)
 #   --base IMAGE    base image (default: the Dockerfile's, python:3.11-slim)
-#   --ca-file FILE  CA bundle pip must trust inside the build (default: $PIP_CERT
-#                   when set); used in the build stage only, not in the image
+#   --ca-file FILE  CA bundle pip must trust inside the build (default: $PIP_CERT,
+#                   else the host's /etc/ssl/certs/ca-certificates.crt; '' for none);
+#                   used in the build stage only, not in the image
 set -euo pipefail
 
 die() { echo "build_image: ERROR: $*" >&2; exit 1; }
@@ -15,13 +16,15 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tag=calof/job_worker_agent:latest
 base=""
 ca_file=${PIP_CERT:-}
+# The host's bundle holds any CA a TLS-intercepting proxy needs; elsewhere it is harmless.
+[ -n "$ca_file" ] || [ ! -r /etc/ssl/certs/ca-certificates.crt ] || ca_file=/etc/ssl/certs/ca-certificates.crt
 while [ $# -gt 0 ]; do
     case "$1" in
         --tag) tag=${2:?--tag needs a value}; shift 2 ;;
         --local-base) base=opeva-local/python:3.11; shift ;;
         --base) base=${2:?--base needs a value}; shift 2 ;;
-        --ca-file) ca_file=${2:?--ca-file needs a value}; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --ca-file) [ $# -ge 2 ] || die "--ca-file needs a value"; ca_file=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
