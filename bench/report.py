@@ -13,12 +13,14 @@ MiB = 1024 * 1024
 
 def failures(results: dict[str, Any]) -> list[str]:
     """Correctness, not speed: a log that lost, doubled or garbled a byte."""
-    rows = [*results["throughput"], {"what": "re-adoption", **results["readopt"]}]
+    rows = [row for row in results["throughput"] if row["what"] == "worker"]
+    rows.append({"what": "re-adoption", **results["readopt"]})
     return [f"{row['what']}: {row['error']}" for row in rows if row.get("error")]
 
 
 def _med(rows: list[Row], what: str, key: str, where: Callable[[Row], bool] = lambda row: True) -> float:
-    return median([row[key] for row in rows if row["what"] == what and where(row)])
+    values = [row[key] for row in rows if row["what"] == what and where(row)]
+    return median([value for value in values if value == value])  # NaN: a run that never completed
 
 
 def _ratio(value: float, base: float) -> str:
@@ -74,6 +76,12 @@ def render(results: dict[str, Any]) -> str:
         f"| same, for reference | | `docker run > file` (attached): {run_mibs:.1f} MiB/s; "
         f"with `--log-driver none`: {none_mibs:.1f} MiB/s | worker/attached {_ratio(w_mibs, run_mibs)}; "
         f"worker/no driver {_ratio(w_mibs, none_mibs)} | |",
+        *[
+            f"| {what} lost bytes | | {n} of {len([r for r in flood if r['what'] == what])} runs: the follow stream "
+            "ended before the last byte (dockerd), see Every repeat | | |"
+            for what in ("docker logs -f", "docker run", "docker run, no log driver", "worker")
+            if (n := sum(bool(r["error"]) for r in flood if r["what"] == what))
+        ],
         f"| re-adoption: worker SIGKILLed at {readopt['killed_at_bytes'] / MiB:.1f} MiB of "
         f"{readopt['bytes'] / MiB:.0f} MiB, restarted 0.5 s later | "
         f"{'every byte once, in order' if not readopt['error'] else 'WRONG: ' + readopt['error']} "

@@ -128,10 +128,15 @@ class Bench:
         else:
             driver = ["--log-driver", "none"] if "no log driver" in how else []
             cli = tools.CliRun(["docker", "run", "--name", name, *driver, IMAGE, *command], out)
-        start, done = tools.wait_flood(out, size, 300)
-        cli.wait()
-        row = _flood_row(f"docker {how}", size, start, done, cli.cpu, cli.maxrss, dockerd)
-        row["error"] = tools.verify_flood(out, [size])
+        try:
+            start, done = tools.wait_flood(out, size, 300, ended=cli.exited)
+            cli.wait()
+            row = _flood_row(f"docker {how}", size, start, done, cli.cpu, cli.maxrss, dockerd)
+            row["error"] = tools.verify_flood(out, [size])
+        except tools.ShortLog as exc:
+            cli.wait()
+            row = _flood_row(f"docker {how}", size, 0, 0, cli.cpu, cli.maxrss, dockerd)
+            row["error"] = f"`docker {how}` exited {cli.proc.returncode}: {exc}"
         tools.docker("rm", "-f", name)
         out.unlink()
         return row
@@ -347,7 +352,7 @@ class Bench:
 
 
 def _flood_row(what: str, size: int, start: int, done: int, cpu: float, rss: int, dockerd: tools.Sampler | None) -> Row:
-    seconds = (done - start) / 1e9
+    seconds = (done - start) / 1e9 if done else float("nan")
     return {
         "what": what,
         "seconds": seconds,

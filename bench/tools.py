@@ -194,6 +194,10 @@ class CliRun:
         with open(self.out, "wb") as handle:
             self.proc = subprocess.Popen(self.argv, stdout=handle, stderr=subprocess.DEVNULL)
 
+    def exited(self) -> bool:
+        """Whether the process has ended, without reaping it (wait() still gets its rusage)."""
+        return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
     def wait(self) -> int:
         _, status, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
