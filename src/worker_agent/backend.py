@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import ssl
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
 from worker_agent import __version__, defaults, metrics
+from worker_agent.config import ConfigError
 
 
 class BackendError(Exception):
@@ -53,12 +56,18 @@ class BackendClient:
         max_response_bytes: int = defaults.MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"User-Agent": f"job-worker-agent/{__version__}"}
+        headers = {"User-Agent": f"job-worker-agent/{__version__}", "Accept": "application/json"}
         if token:
+            # Checked here, once: a token httpx cannot send would fail every call. Never echo its value.
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise ConfigError("invalid OPEVA_TOKEN: must be printable ASCII without spaces")
             headers["Authorization"] = f"Bearer {token}"
         self.worker_id = worker_id
         self._max_bytes = max_response_bytes
-        self._http = httpx.Client(base_url=server, timeout=timeout, headers=headers, verify=verify, transport=transport)
+        self._timeout = timeout
+        self._http = httpx.Client(
+            base_url=server, timeout=timeout, headers=headers, verify=_tls(verify), transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -68,7 +77,10 @@ class BackendClient:
         status, body = self._call("POST", "/api/agent/next-job", {"worker_id": self.worker_id})
         if status == 204:
             return None
-        return _decode(body)
+        answer = _decode(body)
+        if not isinstance(answer, dict):
+            raise BackendError(f"POST /api/agent/next-job: answer is a JSON {type(answer).__name__}, not an object")
+        return answer
 
     def send_status(self, update: StatusUpdate) -> None:
         self._call("POST", "/api/agent/job-status", update.body(self.worker_id))
@@ -113,18 +125,35 @@ class BackendClient:
         return response.status_code, content
 
     def _read_bounded(self, response: httpx.Response) -> bytes:
+        """The body, at most max_response_bytes (after decompression), within one timeout in all.
+
+        httpx's timeout bounds each read; the deadline also bounds a backend that drips a byte at a time.
+        """
+        deadline = time.monotonic() + self._timeout
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > self._max_bytes:
                 raise BackendError(f"answer larger than {self._max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise BackendError(f"answer not complete within {self._timeout:g} s")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _tls(verify: bool | str) -> bool | ssl.SSLContext:
+    """True/False, or a context trusting the CA bundle at `verify` (httpx no longer takes a path)."""
+    if isinstance(verify, bool):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"invalid OPEVA_CA_BUNDLE={verify!r}: {exc}") from None
 
 
 def _decode(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
         raise BackendError(f"answer is not JSON: {body[:80]!r}") from None

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Docker accepts [a-zA-Z0-9][a-zA-Z0-9_.-]+; 63 characters keeps the name usable as a hostname too.
 CONTAINER_NAME_MAX = 63
 MAX_TEXT = 4096
+MAX_PATH = 1024
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
 MAX_LIST = 64
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV_VALUE = 32 * 1024
+MAX_ENV_BYTES = 256 * 1024
+MAX_REASON = 300
+# Docker options that widen what a container may do on the host: the worker never applies them, so a
+# payload asking for one is refused rather than silently run without it.
+REFUSED_FIELDS = (
+    "cap_add",
+    "devices",
+    "device_requests",
+    "device_cgroup_rules",
+    "security_opt",
+    "ipc_mode",
+    "uts_mode",
+    "userns_mode",
+    "cgroupns_mode",
+    "cgroup_parent",
+    "sysctls",
+    "volumes_from",
+    "runtime",
+    "mounts",
+)
 
 
 class PayloadError(Exception):
@@ -26,34 +60,70 @@ class PayloadError(Exception):
         self.job_id = job_id
 
 
+def _clean_text(value: str) -> str:
+    """No NUL byte (C APIs cut there) and no lone surrogate (cannot be encoded for the OS or Docker)."""
+    if "\x00" in value:
+        raise ValueError("holds a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text") from None
+    return value
+
+
+ShortText = Annotated[str, StringConstraints(max_length=256), AfterValidator(_clean_text)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_clean_text)]
+PathText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH), AfterValidator(_clean_text)]
+EnvValue = Annotated[str, StringConstraints(max_length=MAX_ENV_VALUE), AfterValidator(_clean_text)]
+
+
+def _absolute_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts:
+        raise ValueError("must be an absolute path without '..'")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+        raise ValueError(f"has a path component longer than {MAX_NAME_BYTES} bytes")
+    return posixpath.normpath(value).replace("//", "/")
+
+
+AbsolutePath = Annotated[PathText, AfterValidator(_absolute_path)]
+DockerMode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+
+
 class Volume(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
-    host: str = Field(min_length=1, max_length=MAX_TEXT)
-    container: str = Field(min_length=1, max_length=MAX_TEXT)
-    mode: str = Field(default="rw", pattern=r"^(rw|ro)$")
-
-    @field_validator("host", "container")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if "\x00" in value or not value.startswith("/"):
-            raise ValueError("must be an absolute path")
-        return value
+    host: AbsolutePath
+    container: AbsolutePath
+    mode: Annotated[str, StringConstraints(pattern=r"^(rw|ro)$")] = "rw"
 
 
 class JobPayload(BaseModel):
-    """A job as the backend hands it out. Fields the worker does not know are ignored."""
+    """A job as the backend hands it out. Fields the worker does not know are ignored, except
+    REFUSED_FIELDS. Strict: JSON types must match (no "true" for a bool, no number for a string)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     job_id: str = Field(max_length=128)
-    config_path: str = Field(min_length=1, max_length=MAX_TEXT)
-    job_name: str | None = Field(default=None, max_length=MAX_TEXT)
-    image: str | None = Field(default=None, min_length=1, max_length=512)
-    command: str | list[str] | None = None
-    container_name: str | None = Field(default=None, max_length=MAX_TEXT)
+    config_path: PathText
+    job_name: ShortText | None = None
+    image: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")] | None = None
+    command: Text | list[Text] | None = None
+    container_name: ShortText | None = None
     volumes: list[Volume] = Field(default_factory=list, max_length=MAX_LIST)
-    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    env: dict[str, EnvValue] = Field(default_factory=dict, max_length=256)
+    privileged: bool = False
+    network_mode: DockerMode | None = None
+    pid_mode: DockerMode | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_host_options(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in REFUSED_FIELDS:
+                if data.get(name) not in (None, [], {}, "", False):
+                    raise ValueError(f"{name} is not allowed")
+        return data
 
     @field_validator("job_id")
     @classmethod
@@ -66,26 +136,33 @@ class JobPayload(BaseModel):
     @classmethod
     def _relative_path(cls, value: str) -> str:
         path = PurePosixPath(value)
-        if "\x00" in value or path.is_absolute() or ".." in path.parts:
-            raise ValueError("config_path must be relative to the shared root, without '..'")
+        if path.is_absolute() or ".." in path.parts or not path.parts or value.endswith("/"):
+            raise ValueError("config_path must be a file path relative to the shared root, without '..'")
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+            raise ValueError(f"config_path has a component longer than {MAX_NAME_BYTES} bytes")
         return value
 
     @field_validator("command")
     @classmethod
     def _bounded_command(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str):
+            try:
+                shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"command cannot be split into arguments: {exc}") from None
         parts = [value] if isinstance(value, str) else value or []
-        if len(parts) > MAX_LIST * 4 or any(len(part) > MAX_TEXT or "\x00" in part for part in parts):
-            raise ValueError("command is too long or holds a NUL byte")
+        if len(parts) > MAX_LIST * 4 or sum(len(part.encode()) for part in parts) > MAX_COMMAND_BYTES:
+            raise ValueError("command is too long")
         return value
 
     @field_validator("env")
     @classmethod
     def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
+        for name in value:
             if not ENV_NAME_PATTERN.fullmatch(name):
                 raise ValueError(f"env name {name[:64]!r} is not a valid variable name")
-            if len(text) > 32 * 1024 or "\x00" in text:
-                raise ValueError(f"env value of {name} is too long or holds a NUL byte")
+        if sum(len(name) + len(text.encode()) for name, text in value.items()) > MAX_ENV_BYTES:
+            raise ValueError(f"env is larger than {MAX_ENV_BYTES} bytes")
         return value
 
     def command_args(self, data_dir: str) -> list[str]:
@@ -97,41 +174,55 @@ class JobPayload(BaseModel):
         return list(self.command)
 
     def docker_name(self) -> str:
-        """A container name Docker accepts, whatever the payload's name or job name holds."""
-        wanted = self.container_name or f"opeva-job-{self.job_id}"
-        cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", wanted).strip("-_.")
-        if not cleaned:
-            cleaned = f"opeva-job-{self.job_id}"
-        return cleaned[:CONTAINER_NAME_MAX].rstrip("-_.") or "opeva-job"
+        """A container name Docker accepts, whatever the payload's name holds."""
+        fallback = f"opeva-job-{self.job_id}"[:CONTAINER_NAME_MAX].rstrip("-_.")
+        cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.container_name or fallback).strip("-_.")
+        name = cleaned[:CONTAINER_NAME_MAX].rstrip("-_.")
+        return name if len(name) >= 2 else fallback
 
     def config_file(self, shared_dir: Path) -> Path:
-        """The config's real path, checked to be inside the shared root and to exist."""
-        root = shared_dir.resolve()
-        resolved = (root / self.config_path).resolve()
-        if not resolved.is_relative_to(root):
+        """The config's real path, checked to be inside the shared root (symlinks resolved) and to exist."""
+        try:
+            root = shared_dir.resolve()
+            resolved = (root / self.config_path).resolve()
+            inside = resolved.is_relative_to(root)
+            exists = inside and resolved.is_file()
+        except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
+            raise PayloadError(f"config_path {self.config_path!r} cannot be resolved: {exc}", self.job_id) from None
+        if not inside:
             raise PayloadError(f"config_path {self.config_path!r} leaves the shared directory", self.job_id)
-        if not resolved.is_file():
+        if not exists:
             raise PayloadError(f"config file {self.config_path!r} not found in the shared directory", self.job_id)
         return resolved
 
 
 def parse(raw: Any) -> JobPayload:
-    """Check a decoded next-job answer; raise PayloadError with a one-line reason."""
+    """Check a decoded next-job answer; raise PayloadError (and nothing else) with a one-line reason."""
     if not isinstance(raw, dict):
         raise PayloadError(f"payload must be a JSON object, not {type(raw).__name__}")
+    job_id = usable_job_id(raw.get("job_id"))
     try:
         return JobPayload.model_validate(raw)
     except ValidationError as exc:
-        raise PayloadError(_reason(exc), _usable_job_id(raw.get("job_id"))) from None
+        raise PayloadError(_reason(exc), job_id) from None
+    except (ValueError, TypeError, RecursionError) as exc:  # defensive: a validator's own surprise
+        raise PayloadError(one_line(f"payload: {type(exc).__name__}"), job_id) from None
+
+
+def usable_job_id(value: Any) -> str | None:
+    """`value` when it is safe as a folder name and in a URL, else None."""
+    if isinstance(value, str) and JOB_ID_PATTERN.fullmatch(value) and ".." not in value:
+        return value
+    return None
+
+
+def one_line(text: str) -> str:
+    """Printable, one line, bounded: safe in a log line and in the job's `error`."""
+    cleaned = "".join(char if char.isprintable() else "?" for char in text)
+    return cleaned if len(cleaned) <= MAX_REASON else cleaned[: MAX_REASON - 3] + "..."
 
 
 def _reason(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "payload"
-    return f"{where}: {first['msg']}"
-
-
-def _usable_job_id(value: Any) -> str | None:
-    if isinstance(value, str) and JOB_ID_PATTERN.fullmatch(value) and ".." not in value:
-        return value
-    return None
+    where = ".".join(str(part)[:64] for part in first["loc"]) or "payload"
+    return one_line(f"{where}: {first['msg'].removeprefix('Value error, ')}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import stat
 from pathlib import Path
 
 from worker_agent import defaults
@@ -13,13 +15,16 @@ from worker_agent.payload import JobPayload, PayloadError
 
 SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+_HOST = "host"
 
 
 def build_spec(payload: JobPayload, settings: Settings) -> JobSpec:
-    """The container to run for this payload; PayloadError when the payload asks for what is not allowed."""
+    """The container to run for this payload; PayloadError (with the reason) when it asks for what is not allowed."""
     image = payload.image or settings.image
     if not any(fnmatch.fnmatchcase(image, pattern) for pattern in settings.image_allowed_patterns()):
         raise PayloadError(f"image {image!r} is not in ALLOWED_IMAGES", payload.job_id)
+    _check_privileges(payload, settings)
+    mounts = _extra_mounts(payload, settings)
     payload.config_file(settings.shared_dir)
     return JobSpec(
         job_id=payload.job_id,
@@ -27,15 +32,15 @@ def build_spec(payload: JobPayload, settings: Settings) -> JobSpec:
         command=payload.command_args(defaults.CONTAINER_DATA_DIR),
         name=payload.docker_name(),
         env=dict(payload.env),
-        mounts=[
-            Mount(str(settings.shared_dir), defaults.CONTAINER_DATA_DIR),
-            *_extra_mounts(payload, settings),
-        ],
+        mounts=[Mount(str(settings.shared_dir), defaults.CONTAINER_DATA_DIR), *mounts],
         labels={LABEL_WORKER: settings.worker_id},
         cpus=settings.job_cpus,
         memory_bytes=settings.job_memory,
         pids_limit=settings.job_pids_limit,
         gpus=settings.enable_gpu,
+        privileged=payload.privileged,
+        network_mode=payload.network_mode,
+        pid_mode=payload.pid_mode,
     )
 
 
@@ -47,15 +52,69 @@ def secret_values(env: dict[str, str], settings: Settings) -> list[str]:
     ]
 
 
+def allowed_volume_roots(settings: Settings) -> list[Path]:
+    """ALLOWED_VOLUME_ROOTS, or the shared directory, with symlinks resolved."""
+    roots = []
+    for root in settings.allowed_volume_roots or (settings.shared_dir,):
+        resolved = _resolve(root)
+        if resolved is not None:
+            roots.append(resolved)
+    return roots
+
+
+def _check_privileges(payload: JobPayload, settings: Settings) -> None:
+    def refuse(reason: str) -> None:
+        raise PayloadError(reason, payload.job_id)
+
+    if payload.privileged and not settings.allow_privileged:
+        refuse("privileged containers are not allowed (ALLOW_PRIVILEGED is off)")
+    for option, mode in (("network_mode", payload.network_mode), ("pid_mode", payload.pid_mode)):
+        if mode == _HOST and not settings.allow_host_namespaces:
+            refuse(f"{option}=host is not allowed (ALLOW_HOST_NAMESPACES is off)")
+        if mode is not None and mode.startswith("container:"):
+            refuse(f"{option} {mode!r} is not allowed: a job never joins another container's namespaces")
+    if payload.pid_mode not in (None, _HOST):
+        refuse(f"pid_mode {payload.pid_mode!r} is not allowed")
+
+
 def _extra_mounts(payload: JobPayload, settings: Settings) -> list[Mount]:
-    """Payload volumes, only from under the shared directory; the share itself is always at /data."""
-    root = settings.shared_dir.resolve()
+    """Payload volumes, only from under the allowed roots; the share itself is always at /data."""
+    roots = allowed_volume_roots(settings)
+    sockets = [path for path in map(_resolve, _docker_socket_paths()) if path is not None]
+    data_dir = defaults.CONTAINER_DATA_DIR
     mounts = []
     for volume in payload.volumes:
-        if volume.container == defaults.CONTAINER_DATA_DIR:
+        if volume.container == data_dir:
             continue
-        host = Path(volume.host).resolve()
-        if str(host) in _DOCKER_SOCKETS or not host.is_relative_to(root):
+        if volume.container.startswith(data_dir + "/"):
+            raise PayloadError(f"volume target {volume.container!r} would shadow part of {data_dir}", payload.job_id)
+        host = _resolve(Path(volume.host))
+        if host is None or not any(host.is_relative_to(root) for root in roots):
             raise PayloadError(f"volume {volume.host!r} is outside the allowed host paths", payload.job_id)
+        if _is_socket(host) or any(socket.is_relative_to(host) for socket in sockets):
+            raise PayloadError(f"volume {volume.host!r} exposes the Docker socket", payload.job_id)
         mounts.append(Mount(str(host), volume.container, read_only=volume.mode == "ro"))
     return mounts
+
+
+def _docker_socket_paths() -> list[Path]:
+    paths = [Path(path) for path in _DOCKER_SOCKETS]
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    if docker_host.startswith("unix://"):
+        paths.append(Path(docker_host.removeprefix("unix://")))
+    return paths
+
+
+def _resolve(path: Path) -> Path | None:
+    """The real path (symlinks followed), or None when it cannot be resolved (loop, bad name)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except (OSError, ValueError):
+        return False
