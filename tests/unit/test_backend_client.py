@@ -1,0 +1,156 @@
+"""The backend client: token, bounded answers, timeouts, and answers that are errors, never crashes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from worker_agent.backend import BackendClient, BackendError, Conflict, StatusUpdate, UnknownJob
+from worker_agent.config import ConfigError
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client(handler: Handler, **options: object) -> BackendClient:
+    return BackendClient(
+        "http://backend.test",
+        "w1",
+        transport=httpx.MockTransport(handler),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def answer(status: int, body: bytes = b"", **headers: str) -> Handler:
+    return lambda request: httpx.Response(status, content=body, headers=headers)
+
+
+def test_token_is_sent_as_bearer_on_every_call() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "running"} if request.method == "GET" else {"ok": True})
+
+    backend = client(handler, token="tok-123")
+    backend.heartbeat({"a": 1})
+    backend.send_status(StatusUpdate("j1", "running"))
+    assert backend.job_status("j1") == "running"
+    assert [r.headers["Authorization"] for r in seen] == ["Bearer tok-123"] * 3
+    assert json.loads(seen[0].content) == {"worker_id": "w1", "info": {"a": 1}}
+
+
+def test_no_token_no_authorization_header() -> None:
+    seen: list[httpx.Request] = []
+    client(lambda r: seen.append(r) or httpx.Response(204)).next_job()
+    assert "Authorization" not in seen[0].headers
+
+
+@pytest.mark.parametrize("token", ["two words", "new\nline", "tök"])
+def test_a_token_that_cannot_be_sent_is_a_config_error_that_does_not_echo_it(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        client(answer(204), token=token)
+    assert token not in str(caught.value) and "OPEVA_TOKEN" in str(caught.value)
+
+
+def test_204_is_no_work_and_an_object_is_the_payload() -> None:
+    assert client(answer(204)).next_job() is None
+    assert client(answer(200, b'{"job_id": "j"}')).next_job() == {"job_id": "j"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"<html>oops</html>", b"\xff\xfe", b"[1, 2]", b'"job"', b"null", b"[" * 100_000 + b"]" * 100_000],
+)
+def test_200_that_is_not_a_json_object_is_an_error_to_retry(body: bytes) -> None:
+    with pytest.raises(BackendError):
+        client(answer(200, body)).next_job()
+
+
+def test_status_answer_without_status_is_an_error() -> None:
+    for body in (b"{}", b'{"status": 3}', b"[]", b"nope"):
+        with pytest.raises(BackendError):
+            client(answer(200, body)).job_status("j1")
+
+
+def test_answer_larger_than_the_bound_is_an_error() -> None:
+    big = b'{"job_id": "' + b"x" * 2_000_000 + b'"}'
+    with pytest.raises(BackendError, match="larger than"):
+        client(answer(200, big)).next_job()
+    small = client(answer(200, b'{"job_id": "' + b"x" * 500 + b'"}'), max_response_bytes=100)
+    with pytest.raises(BackendError, match="larger than 100"):
+        small.next_job()
+
+
+def test_compressed_answer_is_bounded_after_decompression() -> None:
+    bomb = gzip.compress(b'{"job_id": "' + b"x" * 5_000_000 + b'"}')
+    assert len(bomb) < 100_000
+    with pytest.raises(BackendError, match="larger than"):
+        client(answer(200, bomb, **{"Content-Encoding": "gzip"})).next_job()
+
+
+def test_status_codes() -> None:
+    with pytest.raises(Conflict):
+        client(answer(409, b"{}")).send_status(StatusUpdate("j1", "running"))
+    assert client(answer(404)).job_status("j1") is None
+    for code in (500, 302, 401, 418):
+        with pytest.raises(BackendError):
+            client(answer(code, b"{}")).heartbeat({})
+    with pytest.raises(UnknownJob):
+        client(answer(404)).send_status(StatusUpdate("j1", "running"))
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout("slow"), httpx.ConnectError("refused"), httpx.RemoteProtocolError("x")]
+)
+def test_transport_errors_are_backend_errors(error: httpx.HTTPError) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(BackendError):
+        client(handler).next_job()
+
+
+class _Drip(httpx.SyncByteStream):
+    """A body that arrives a byte at a time, each byte within any read timeout, forever."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b'{"job_id": "'
+        while True:
+            self.clock[0] += 0.5
+            yield b"x"
+
+
+def test_a_dripping_answer_is_cut_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("worker_agent.backend.time.monotonic", lambda: clock[0])
+    backend = client(lambda request: httpx.Response(200, stream=_Drip(clock)), timeout=3.0)
+    with pytest.raises(BackendError, match="within 3 s"):
+        backend.next_job()
+    assert clock[0] <= 4.0
+
+
+def test_timeout_reaches_httpx() -> None:
+    seen: list[httpx.Request] = []
+    client(lambda r: seen.append(r) or httpx.Response(204), timeout=1.5).next_job()
+    assert seen[0].extensions["timeout"] == {"connect": 1.5, "read": 1.5, "write": 1.5, "pool": 1.5}
+
+
+def test_ca_bundle_becomes_a_context_and_a_bad_one_is_a_config_error(tmp_path: Path) -> None:
+    from worker_agent.backend import _tls
+
+    assert _tls(True) is True and _tls(False) is False
+    ca = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    assert isinstance(_tls(str(ca)), ssl.SSLContext)
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    for path in (tmp_path / "missing.pem", tmp_path / "bad.pem"):
+        with pytest.raises(ConfigError, match="OPEVA_CA_BUNDLE"):
+            BackendClient("https://backend.test", "w1", verify=str(path))
