@@ -51,7 +51,7 @@ class JobRun:
         self._ending: _Ending | None = None
         self._stop_sent = False
         self._stop_seen = threading.Event()
-        self._docker = Outage("Docker", log)
+        self._docker = Outage("Docker", log, extra={"job_id": job.job_id})
         self._docker_trouble = False
         self._fd = -1
         self._pump_state = _PumpState()
@@ -109,14 +109,16 @@ class JobRun:
         try:
             status = self.w.backend.job_status(self.job.job_id)
         except BackendError as exc:
-            log.debug("status check failed: %s", exc)
+            log.debug("status check failed: %s", exc, extra=self._extra)
             return
         if status in STOPPING and self._ending is None:
             log.info("job %s: backend says %s; stopping it", self.job.job_id, status, extra=self._extra)
             self._stop(_Ending("canceled" if status == "canceled" else "stopped"))
         elif (status is None or status in TERMINAL or status == "queued") and self._ending is None:
             # The backend has given up on this job (or never knew it): running it on helps no one.
-            log.warning("job %s: backend has it as %s; removing its container", self.job.job_id, status)
+            log.warning(
+                "job %s: backend has it as %s; removing its container", self.job.job_id, status, extra=self._extra
+            )
             self._stop(_Ending(ABANDONED))
 
     def _refresh_running(self) -> None:
@@ -127,7 +129,7 @@ class JobRun:
         except Conflict:
             self._stop_seen.set()
         except BackendError as exc:
-            log.debug("running refresh failed: %s", exc)
+            log.debug("running refresh failed: %s", exc, extra=self._extra)
 
     def _stop(self, ending: _Ending) -> None:
         self._ending = self._ending or ending

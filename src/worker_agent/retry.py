@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from worker_agent import defaults
 
@@ -19,6 +20,7 @@ class Outage:
         initial: float = defaults.BACKOFF_INITIAL_SECONDS,
         maximum: float = defaults.BACKOFF_MAX_SECONDS,
         jitter: Callable[[], float] = random.random,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.what = what
         self._logger = logger
@@ -26,6 +28,7 @@ class Outage:
         self._maximum = maximum
         self._jitter = jitter
         self._failures = 0
+        self._extra = extra  # e.g. {"job_id": ...}: the outage lines of a job carry its id
 
     @property
     def down(self) -> bool:
@@ -34,9 +37,9 @@ class Outage:
     def failed(self, error: object) -> float:
         """Record a failure; return how long to wait before trying again."""
         if self._failures == 0:
-            self._logger.warning("%s unavailable: %s (retrying with backoff)", self.what, error)
+            self._logger.warning("%s unavailable: %s (retrying with backoff)", self.what, error, extra=self._extra)
         else:
-            self._logger.debug("%s still unavailable: %s", self.what, error)
+            self._logger.debug("%s still unavailable: %s", self.what, error, extra=self._extra)
         self._failures += 1
         delay: float = min(self._maximum, self._initial * 2.0 ** min(self._failures - 1, 30))
         # Jitter in [delay/2, delay) keeps a fleet of workers from retrying in lock-step.
@@ -44,5 +47,5 @@ class Outage:
 
     def succeeded(self) -> None:
         if self._failures:
-            self._logger.warning("%s is back after %d failed attempts", self.what, self._failures)
+            self._logger.warning("%s is back after %d failed attempts", self.what, self._failures, extra=self._extra)
         self._failures = 0
