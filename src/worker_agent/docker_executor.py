@@ -140,10 +140,10 @@ class DockerExecutor:
             raise
         return job
 
-    def output(self, job: JobHandle, from_start: bool) -> Iterator[tuple[int, bytes]]:
+    def output(self, job: JobHandle, from_start: bool, follow: bool = True) -> Iterator[tuple[int, bytes]]:
         response = None if from_start else self._attached.pop(job.ref, None)
         if response is None:
-            response = self._logs(job.ref)
+            response = self._logs(job.ref, follow)
             blobs: Iterable[bytes] = response.iter_content(chunk_size=None)
         else:
             blobs = _read_raw(response)
@@ -233,11 +233,11 @@ class DockerExecutor:
             self._api._disable_socket_timeout(self._api._get_raw_response_socket(response))
         return response
 
-    def _logs(self, ref: str) -> Any:
+    def _logs(self, ref: str, follow: bool) -> Any:
         with _engine("logs"):
             response = self._api._get(
                 self._api._url("/containers/{0}/logs", ref),
-                params={"stdout": 1, "stderr": 1, "follow": 1, "tail": "all"},
+                params={"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"},
                 stream=True,
             )
             self._api._raise_for_status(response)

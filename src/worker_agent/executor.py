@@ -64,10 +64,11 @@ class Executor(Protocol):
         """
         ...
 
-    def output(self, job: JobHandle, from_start: bool) -> Iterator[tuple[int, bytes]]:
+    def output(self, job: JobHandle, from_start: bool, follow: bool = True) -> Iterator[tuple[int, bytes]]:
         """(stream, bytes) frames until the job's output ends; stream 1 is stdout, 2 is stderr.
 
-        `from_start` replays everything the job printed so far, then follows (used after a restart).
+        `from_start` replays everything the job printed so far (used after a restart), then follows
+        the job unless `follow` is False.
         """
         ...
 

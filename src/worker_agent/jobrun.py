@@ -38,8 +38,19 @@ class _Ending:
 
 @dataclass
 class _PumpState:
+    live: bool  # reading the attach stream opened before the container started
+    follow: bool  # reading the container's log and following it
     ended: threading.Event = field(default_factory=threading.Event)
     clean: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """A clean end that proves every byte was read once the container has exited.
+
+        A *followed* log read is not proof: dockerd stops following when the container exits,
+        however far behind the reader is (seen with dockerd 20.10 after a worker restart mid-flood).
+        """
+        return self.clean and (self.live or not self.follow)
 
 
 class JobRun:
@@ -54,7 +65,7 @@ class JobRun:
         self._docker = Outage("Docker", log, extra={"job_id": job.job_id})
         self._docker_trouble = False
         self._fd = -1
-        self._pump_state = _PumpState()
+        self._pump_state = _PumpState(live=True, follow=True)
 
     @property
     def _extra(self) -> dict[str, str]:
@@ -159,11 +170,12 @@ class JobRun:
             self._ending = self._ending or _Ending("failed", f"container lost: {exc}")
             return -1
         self._docker.succeeded()
-        if code is not None and self._pump_state.clean and not self._docker_trouble:
+        if code is not None and self._pump_state.complete and not self._docker_trouble:
             return code
-        # Still running, or the stream broke: catch up from the container's own log, where we stopped.
+        # Catch up from the container's own log, where the file stopped: following it while the job
+        # runs, and once it has exited with one read to the end of its log.
         self._docker_trouble = False
-        self._start_pump(from_start=True)
+        self._start_pump(from_start=True, follow=code is None)
         return None
 
     def _finish(self, code: int) -> str:
@@ -183,8 +195,8 @@ class JobRun:
 
     # --- helpers ---
 
-    def _start_pump(self, from_start: bool) -> None:
-        self._pump_state = state = _PumpState()
+    def _start_pump(self, from_start: bool, follow: bool = True) -> None:
+        self._pump_state = state = _PumpState(live=not from_start, follow=follow)
         pump = LogPump(
             self._fd,
             self.record.position,
@@ -195,7 +207,7 @@ class JobRun:
 
         def run() -> None:
             try:
-                pump.pump(self.w.executor.output(self.job, from_start))
+                pump.pump(self.w.executor.output(self.job, from_start, follow))
                 state.clean = True
             except (ExecutorUnavailable, StartError, OSError) as exc:
                 log.warning("log stream of job %s broke: %s", self.job.job_id, exc, extra=self._extra)

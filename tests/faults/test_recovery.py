@@ -197,3 +197,28 @@ def test_dockerd_restart_mid_job(devserver: Devserver, make_worker: Make, docker
         printed = assert_numbered_lines(log, None)
         assert printed > 200
     assert_no_containers(worker, docker.from_env())
+
+
+def test_kill_9_during_a_log_flood_loses_no_byte(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    # The restarted worker reads the container's own log from far behind, while the job floods it and exits.
+    line = b"0123456789" * 7 + b"\n"
+    total = len(line) * 1_500_000  # ~107 MB
+    job_id = devserver.submit(
+        image="opeva-test-busybox:latest", command=["sh", "-c", f"yes {line[:-1].decode()} | head -c {total}"]
+    )
+    worker = make_worker().start()
+    log = devserver.log_file(job_id)
+    wait_for(lambda: log.exists() and log.stat().st_size > 10_000_000, 60, "the flood to be under way")
+    worker.kill()
+    time.sleep(0.5)
+    worker.start("--exit-after-job")
+
+    assert worker.wait(180) == 0, worker.text()
+    assert devserver.status(job_id) == "finished"
+    assert log.stat().st_size == total
+    with open(log, "rb") as handle:
+        while chunk := handle.read(len(line) * 10_000):
+            assert chunk == line * (len(chunk) // len(line)), "a line was cut, doubled or garbled"
+    assert_no_containers(worker, docker_client)
