@@ -23,7 +23,7 @@ RUN set -eu; \
     [ -n "${PIP_EXTRA_INDEX_URL:-}" ] || unset PIP_EXTRA_INDEX_URL; \
     if [ -s /tmp/build-ca/ca.crt ]; then export PIP_CERT=/tmp/build-ca/ca.crt; fi; \
     python3 -m venv /opt/venv; \
-    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . ; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[gpu]" ; \
     /opt/venv/bin/job-worker-agent --help >/dev/null
 
 FROM ${BASE_IMAGE}
