@@ -60,7 +60,7 @@ class HostileBackend:
         self._server.server_close()
 
     def push(self, *answers: Any) -> None:
-        """Queue next-job answers: a dict is sent as a JSON payload, a Raw as crafted; then 204s."""
+        """Queue next-job answers: a dict is sent as a JSON payload, a Raw as crafted, None as 204; then 204s."""
         with self._lock:
             self._answers.extend(answers)
 
@@ -247,5 +247,3 @@ def scene(tmp_path: Path, docker_client: docker.DockerClient, busybox_image: str
     scene = Scene(tmp_path, docker_client)
     yield scene
     scene.close()
-
-
