@@ -14,7 +14,8 @@ import psutil
 log = logging.getLogger(__name__)
 
 
-def host_info(shared_dir: Path) -> dict[str, Any]:
+def host_info() -> dict[str, Any]:
+    """CPU, load, memory and GPUs. Nothing here touches the share: a hung NFS mount must not stop heartbeats."""
     memory = psutil.virtual_memory()
     info: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
@@ -22,15 +23,18 @@ def host_info(shared_dir: Path) -> dict[str, Any]:
         "memory_total_bytes": memory.total,
         "memory_available_bytes": memory.available,
     }
-    try:
-        info["shared_free_bytes"] = shutil.disk_usage(shared_dir).free
-    except OSError:
-        info["shared_free_bytes"] = None
     gpus = gpu_info()
     if gpus is not None:
         info["gpu_count"] = len(gpus)
         info["gpus"] = gpus
     return info
+
+
+def share_free_bytes(shared_dir: Path) -> int | None:
+    try:
+        return shutil.disk_usage(shared_dir).free
+    except OSError:
+        return None
 
 
 def _load_nvml() -> Any | None:

@@ -24,7 +24,7 @@ from worker_agent.reporter import Reporter
 from worker_agent.retry import Outage
 from worker_agent.share import share_problem
 from worker_agent.state import JobRecord, LogPosition, StateDir
-from worker_agent.telemetry import host_info
+from worker_agent.telemetry import host_info, share_free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Worker:
         self._docker_outage = Outage("Docker", log)
         self._share_outage = Outage("shared directory", log)
         self.share_problem: str | None = None
+        self.shared_free_bytes: int | None = None
         self._needs_readopt = True
         self.active: JobRun | None = None
         self.last_job_id: str | None = None
@@ -205,6 +206,7 @@ class Worker:
     def _share_ready(self) -> bool:
         """No job is taken (or re-adopted) while the share is missing: its log would land on local disk."""
         self.share_problem = share_problem(self.settings.shared_dir, self.settings.share_check)
+        self.shared_free_bytes = None if self.share_problem else share_free_bytes(self.settings.shared_dir)
         metrics.SHARE_HEALTHY.set(self.share_problem is None)
         if self.share_problem is None:
             self._share_outage.succeeded()
@@ -225,7 +227,8 @@ class Worker:
             "share_ok": self.share_problem is None,
             "share_problem": self.share_problem,
             "outbox_depth": self.outbox.depth(),
-            **host_info(self.settings.shared_dir),
+            "shared_free_bytes": self.shared_free_bytes,
+            **host_info(),
         }
 
     # --- start and end ---

@@ -51,7 +51,7 @@ class FakeNvml:
 
 
 def test_host_info_reports_cpu_load_memory_and_share_space(tmp_path: Path) -> None:
-    info = telemetry.host_info(tmp_path)
+    info = {**telemetry.host_info(), "shared_free_bytes": telemetry.share_free_bytes(tmp_path)}
 
     assert isinstance(info["cpu_count"], int) and info["cpu_count"] >= 1
     assert len(info["load_avg"]) == 3
@@ -60,14 +60,14 @@ def test_host_info_reports_cpu_load_memory_and_share_space(tmp_path: Path) -> No
 
 
 def test_host_info_on_a_missing_share_has_no_free_space_figure(tmp_path: Path) -> None:
-    assert telemetry.host_info(tmp_path / "gone")["shared_free_bytes"] is None
+    assert telemetry.share_free_bytes(tmp_path / "gone") is None
 
 
 def test_no_gpu_keys_when_the_nvml_library_is_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
 
     assert telemetry.gpu_info() is None
-    info = telemetry.host_info(tmp_path)
+    info = telemetry.host_info()
     assert "gpus" not in info and "gpu_count" not in info
 
 
@@ -109,7 +109,7 @@ def test_gpus_reported_with_model_memory_and_utilisation() -> None:
 def test_host_info_carries_gpu_count_and_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(telemetry, "_load_nvml", FakeNvml)
 
-    info = telemetry.host_info(tmp_path)
+    info = telemetry.host_info()
 
     assert info["gpu_count"] == 2
     assert [gpu["name"] for gpu in info["gpus"]] == ["Tesla T4", "NVIDIA A100-SXM4-40GB"]
