@@ -222,3 +222,40 @@ def test_kill_9_during_a_log_flood_loses_no_byte(
         while chunk := handle.read(len(line) * 10_000):
             assert chunk == line * (len(chunk) // len(line)), "a line was cut, doubled or garbled"
     assert_no_containers(worker, docker_client)
+
+
+def test_job_stopped_while_the_worker_was_down_is_stopped_on_readoption(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = numbered_job(devserver, 100_000)
+    worker = make_worker().start()
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > 100, 30, "the job to be under way")
+    worker.kill()
+    assert devserver.stop_job(job_id) == "stop_requested"
+
+    worker.start()
+    devserver.wait_status(job_id, {"stopped"}, timeout=30)
+    assert_no_containers(worker, docker_client)
+    assert_numbered_lines(log, None)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+
+
+def test_container_of_a_job_the_backend_does_not_know_is_removed(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = numbered_job(devserver, 100_000)
+    worker = make_worker().start()
+    wait_for(lambda: lines_in(devserver.log_file(job_id)) > 100, 30, "the job to be under way")
+    worker.kill()
+    devserver.stop()
+    for leftover in devserver.db.parent.glob(devserver.db.name + "*"):  # with SQLite's -wal and -shm files
+        leftover.unlink()  # the backend comes back without any memory of the job
+    devserver.start()
+
+    worker.start()
+    assert_no_containers(worker, docker_client)
+    assert "backend has it as None" in worker.text()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
