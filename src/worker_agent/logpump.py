@@ -140,7 +140,7 @@ class LogPump:
         data = text.encode("utf-8", "surrogateescape")
         if self._max_bytes is not None:
             room = self._max_bytes - self.written
-            if room <= 0:
+            if room < 0:  # the marker is already in the file; room == 0 still gets the marker below
                 return
             if len(data) > room:
                 marker = f"\n[job-worker-agent] log reached {self._max_bytes} bytes; further output dropped\n"

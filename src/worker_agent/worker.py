@@ -95,9 +95,9 @@ class Worker:
         except BackendError as exc:
             return self._backend_outage.failed(exc)
         self._backend_outage.succeeded()
-        if raw is None:
+        if raw is None or not self._run_payload(raw):
+            # No work, or a payload skipped unread: a backend that keeps sending one must not spin the loop.
             return self.settings.poll_interval
-        self._run_payload(raw)
         return 0  # right after a job ends, poll again at once
 
     def _should_exit(self) -> bool:
@@ -107,34 +107,36 @@ class Worker:
 
     # --- jobs ---
 
-    def _run_payload(self, raw: Any) -> None:
+    def _run_payload(self, raw: Any) -> bool:
+        """Run (or fail) the payload's job; False when it was skipped for want of a usable job_id."""
         try:
             job = payload.parse(raw)
             spec = build_spec(job, self.settings)
         except payload.PayloadError as exc:
             if exc.job_id is None:
                 log.error("skipping a payload without a usable job_id: %s", exc.reason)
-                return
+                return False
             self._report_start_failure(exc.job_id, f"invalid_payload: {exc.reason}")
-            return
+            return True
         try:
             fd = open_job_log(self.settings.shared_dir, job.job_id)
         except OSError as exc:
             self._report_start_failure(job.job_id, f"cannot write the job log: {exc}")
-            return
+            return True
         try:
             handle = self.executor.start(spec, progress=lambda line: _note(fd, job.job_id, line))
             log_size = os.fstat(fd).st_size
         except (StartError, ExecutorUnavailable) as exc:
             _note(fd, job.job_id, f"job could not start: {exc}")
             self._report_start_failure(job.job_id, str(exc))
-            return
+            return True
         finally:
             os.close(fd)
         record = JobRecord(job.job_id, handle.ref, handle.name, LogPosition(file_size=log_size))
         self.state.save_job(record)
         self.reporter.report(StatusUpdate(job.job_id, "running", handle.ref, handle.name))
         self._supervise(handle, record, adopted=False)
+        return True
 
     def _readopt(self) -> None:
         """Take back the containers this worker started before it restarted."""

@@ -67,11 +67,6 @@ def test_a_job_printing_2_gib_is_capped_and_keeps_running(scene: Scene) -> None:
     scene.assert_still_working(worker)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="logpump._write drops output silently when the cap was reached exactly by the previous write "
-    "(patch: /tmp/issue6-patches/logpump-cap-marker-on-chunk-boundary.patch); drop this mark once applied",
-)
 def test_cap_reached_exactly_then_more_output_still_gets_the_marker(scene: Scene) -> None:
     cap = 1024 * 1024
     scene.backend.push(normal_job("edge-1", f"head -c {cap} /dev/zero | tr '\\0' x; sleep 1; echo later-output"))
