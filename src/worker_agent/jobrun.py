@@ -150,8 +150,7 @@ class JobRun:
             self.w.executor.stop(self.job, self.w.settings.stop_grace_period)
             self._stop_sent = True
         except ExecutorUnavailable as exc:
-            self._docker_trouble = True
-            self._docker.failed(exc)
+            self._docker_lost(exc)
         except StartError as exc:
             log.warning("stopping job %s: %s", self.job.job_id, exc, extra=self._extra)
 
@@ -162,14 +161,15 @@ class JobRun:
         try:
             code = self.w.executor.exit_code(self.job)
         except ExecutorUnavailable as exc:
-            self._docker_trouble = True
-            time.sleep(min(self._docker.failed(exc), self.w.settings.status_poll_interval))
+            time.sleep(min(self._docker_lost(exc), self.w.settings.status_poll_interval))
             return None
         except StartError as exc:
             log.error("job %s: %s", self.job.job_id, exc, extra=self._extra)
             self._ending = self._ending or _Ending("failed", f"container lost: {exc}")
             return -1
-        self._docker.succeeded()
+        if self._docker.down:
+            self._docker.succeeded()
+            self.w.check_docker()
         if code is not None and self._pump_state.complete and not self._docker_trouble:
             return code
         # Catch up from the container's own log, where the file stopped: following it while the job
@@ -215,6 +215,12 @@ class JobRun:
                 state.ended.set()
 
         threading.Thread(target=run, name=f"pump-{self.job.job_id}", daemon=True).start()
+
+    def _docker_lost(self, error: ExecutorUnavailable) -> float:
+        """Docker went away mid-job: say so in the heartbeat; the job's fate is settled when it is back."""
+        self._docker_trouble = True
+        self.w.docker_lost(error)
+        return self._docker.failed(error)
 
     def _save_position(self, position: LogPosition) -> None:
         self.record.position = position

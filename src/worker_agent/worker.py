@@ -83,7 +83,7 @@ class Worker:
 
     def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
-        if not self._docker_ready():
+        if not self.check_docker():
             return self._docker_outage.failed(self._docker_error)
         if not self._share_ready():
             return self._share_outage.failed(self.share_problem)
@@ -195,15 +195,21 @@ class Worker:
 
     # --- health of what the worker depends on ---
 
-    def _docker_ready(self) -> bool:
+    def check_docker(self) -> bool:
         try:
             self.docker_version = self.executor.ping()
         except ExecutorUnavailable as exc:
-            self.docker_version, self._docker_error = None, exc
+            self.docker_lost(exc)
         metrics.DOCKER_UP.set(self.docker_version is not None)
         if self.docker_version is not None:
             self._docker_outage.succeeded()
         return self.docker_version is not None
+
+    def docker_lost(self, error: ExecutorUnavailable) -> None:
+        if self.docker_version is not None:
+            self.heartbeat.beat_now()  # tell the backend at once that this host cannot run jobs now
+        self.docker_version, self._docker_error = None, error
+        metrics.DOCKER_UP.set(0)
 
     def _share_ready(self) -> bool:
         """No job is taken (or re-adopted) while the share is missing: its log would land on local disk."""
