@@ -16,21 +16,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
+
+from opeva_devserver.models import JobState
 
 log = logging.getLogger(__name__)
 
-STATES: Final = (
-    "launching",
-    "queued",
-    "dispatched",
-    "running",
-    "stop_requested",
-    "finished",
-    "failed",
-    "stopped",
-    "canceled",
-)
+STATES: Final = get_args(JobState)
 TERMINAL: Final = frozenset({"finished", "failed", "stopped", "canceled"})
 
 # Transitions a worker may report through job-status (CONTRACT.md). Same-status updates are always accepted.

@@ -27,6 +27,22 @@ def numbered_job(devserver: Devserver, lines: int, per_second: int = 100) -> str
     return devserver.submit(image="opeva-test-busybox:latest", command=["sh", "-c", script])
 
 
+def start_numbered(
+    devserver: Devserver,
+    make_worker: Make,
+    lines: int,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    under_way: int = 200,
+) -> tuple[str, WorkerProcess, Path]:
+    """Submit a numbered-lines job, start a worker, and wait until the job has printed `under_way` lines."""
+    job_id = numbered_job(devserver, lines)
+    worker = make_worker(env, server=devserver).start(*args)
+    log = devserver.log_file(job_id)
+    wait_for(lambda: lines_in(log) > under_way, 30, "the job to be under way")
+    return job_id, worker, log
+
+
 def assert_numbered_lines(log: Path, expected: int | None) -> int:
     """Lines line-1..line-N, each once, in order; returns N (== expected when given)."""
     numbered = [line for line in log.read_text().splitlines() if line.startswith("line-")]
@@ -47,10 +63,7 @@ def assert_no_containers(worker: WorkerProcess, client: docker.DockerClient) -> 
 def test_kill_9_mid_job_then_restart_readopts(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:
-    job_id = numbered_job(devserver, 1500)
-    worker = make_worker().start()
-    log = devserver.log_file(job_id)
-    wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+    job_id, worker, log = start_numbered(devserver, make_worker, 1500)
 
     worker.kill()  # SIGKILL: no clean-up at all
     time.sleep(2)  # the job keeps printing while no worker reads it
@@ -65,10 +78,7 @@ def test_kill_9_mid_job_then_restart_readopts(
 def test_sigterm_leaves_job_running_and_next_worker_readopts(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:
-    job_id = numbered_job(devserver, 1500)
-    worker = make_worker().start()
-    log = devserver.log_file(job_id)
-    wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+    job_id, worker, log = start_numbered(devserver, make_worker, 1500)
 
     asked = time.monotonic()
     worker.signal(signal.SIGTERM)
@@ -87,10 +97,9 @@ def test_sigterm_leaves_job_running_and_next_worker_readopts(
 def test_sigterm_with_stop_job_on_exit_reports_stopped(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:
-    job_id = numbered_job(devserver, 100_000)
-    worker = make_worker({"WORKER_STOP_JOB_ON_EXIT": "1", "STOP_GRACE_PERIOD": "2"}).start()
-    log = devserver.log_file(job_id)
-    wait_for(lambda: lines_in(log) > 100, 30, "the job to be under way")
+    job_id, worker, log = start_numbered(
+        devserver, make_worker, 100_000, {"WORKER_STOP_JOB_ON_EXIT": "1", "STOP_GRACE_PERIOD": "2"}, under_way=100
+    )
 
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
@@ -102,10 +111,7 @@ def test_sigterm_with_stop_job_on_exit_reports_stopped(
 def test_backend_down_when_job_ends_status_arrives_after_restart(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:
-    job_id = numbered_job(devserver, 1000)
-    worker = make_worker().start("--exit-after-job")
-    log = devserver.log_file(job_id)
-    wait_for(lambda: lines_in(log) > 100, 30, "the job to be under way")
+    job_id, worker, log = start_numbered(devserver, make_worker, 1000, args=("--exit-after-job",), under_way=100)
 
     devserver.stop()
     wait_for(lambda: worker.containers(docker_client) == [], 60, "the job to end while the backend is down")
@@ -177,10 +183,7 @@ def _restart_dockerd() -> None:
 
 
 def test_dockerd_restart_mid_job(devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient) -> None:
-    job_id = numbered_job(devserver, 1500)
-    worker = make_worker().start("--exit-after-job")
-    log = devserver.log_file(job_id)
-    wait_for(lambda: lines_in(log) > 200, 30, "the job to be under way")
+    job_id, worker, log = start_numbered(devserver, make_worker, 1500, args=("--exit-after-job",))
 
     _restart_dockerd()
 
@@ -227,10 +230,7 @@ def test_kill_9_during_a_log_flood_loses_no_byte(
 def test_job_stopped_while_the_worker_was_down_is_stopped_on_readoption(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:
-    job_id = numbered_job(devserver, 100_000)
-    worker = make_worker().start()
-    log = devserver.log_file(job_id)
-    wait_for(lambda: lines_in(log) > 100, 30, "the job to be under way")
+    job_id, worker, log = start_numbered(devserver, make_worker, 100_000, under_way=100)
     worker.kill()
     assert devserver.stop_job(job_id) == "stop_requested"
 
