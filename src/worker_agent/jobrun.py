@@ -90,7 +90,6 @@ class JobRun:
 
     def _watch(self) -> str:
         settings = self.w.settings
-        started = time.monotonic()
         next_status_poll = time.monotonic() + (0 if self._adopted else settings.status_poll_interval)
         next_refresh = time.monotonic() + settings.running_refresh_interval
         while True:
@@ -112,7 +111,9 @@ class JobRun:
             if now >= next_refresh:
                 next_refresh = now + settings.running_refresh_interval
                 self._refresh_running()
-            if settings.job_timeout and now - started >= settings.job_timeout and self._ending is None:
+            # Wall time since the job started, so a re-adopted job keeps its original deadline.
+            overdue = settings.job_timeout and time.time() - self.record.started_at >= settings.job_timeout
+            if overdue and self._ending is None:
                 log.warning("job %s hit JOB_TIMEOUT", self.job.job_id, extra=self._extra)
                 self._stop(_Ending("failed", "timeout"))
 
