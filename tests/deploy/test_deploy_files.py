@@ -42,7 +42,7 @@ def test_dockerfile() -> None:
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert 'VOLUME ["/var/lib/job-worker-agent"]' in text
     [install] = [line for line in text.splitlines() if "pip install" in line]
-    assert install.rstrip(" ;\\").endswith(" .")  # the bare package: no test/devserver extras
+    assert install.rstrip(" ;\\").endswith(' ".[gpu]"')  # the package and NVML only: no test/devserver extras
     ignore = (REPO / ".dockerignore").read_text()
     assert ignore.splitlines()[1] == "*"  # allow-list: nothing but what the image needs
 
