@@ -77,6 +77,7 @@ class Devserver:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.options = options
+        self.token = options[options.index("--token") + 1] if "--token" in options else None
         self.log_path = root / "devserver.log"
         self.proc: subprocess.Popen[bytes] | None = None
         (self.shared / "configs").mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,8 @@ class Devserver:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         with urllib.request.urlopen(req, timeout=10) as response:
             raw = response.read()
         return json.loads(raw) if raw else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -144,6 +145,17 @@ def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> Fa
     )
     app.state.store = store
     app.state.settings = settings
+
+    if settings.token:
+        expected = f"Bearer {settings.token}".encode()
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next: Any) -> Any:
+            agent_call = request.url.path.startswith(("/api/agent/", "/status/"))
+            given = request.headers.get("authorization", "").encode()
+            if agent_call and not hmac.compare_digest(given, expected):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+            return await call_next(request)
 
     # -- agent API ----------------------------------------------------------------------------------------
 

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="image put in full-mode payloads when the job names none",
     )
     add(
+        "--token",
+        default=os.environ.get("OPEVA_DEVSERVER_TOKEN"),
+        help="bearer token the agent API requires (default: none, no check)",
+    )
+    add(
         "--log-level",
         default=_env("LOG_LEVEL", "INFO"),
         choices=("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"),
@@ -119,6 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         offline_grace=args.offline_grace,
         sweep_interval=args.sweep_interval,
         job_image=args.job_image,
+        token=args.token or None,
     )
 
 

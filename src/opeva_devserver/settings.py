@@ -26,6 +26,8 @@ class Settings:
     offline_grace: float = 120.0
     sweep_interval: float = 5.0
     job_image: str = DEFAULT_JOB_IMAGE
+    # When set, the agent API (and GET /status) wants `Authorization: Bearer <token>`, like a real deployment.
+    token: str | None = None
 
     @property
     def resolved_db_path(self) -> Path:

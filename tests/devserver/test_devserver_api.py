@@ -123,9 +123,7 @@ def test_job_status_404_for_unknown_job(env: Env) -> None:
 def test_job_status_stores_what_the_worker_reports(env: Env) -> None:
     job_id = env.submit()
     env.claim("w1")
-    resp = env.report(
-        job_id, "running", container_id="abc123", container_name="opeva-job-x", details={"pid": 7}
-    )
+    resp = env.report(job_id, "running", container_id="abc123", container_name="opeva-job-x", details={"pid": 7})
     assert resp.status_code == 200
     env.clock.advance(5)
     assert env.report(job_id, "failed", exit_code=3, error="boom").status_code == 200

@@ -27,9 +27,7 @@ KEYS = st.sampled_from(
     ]
 )  # fmt: skip
 BODIES = st.dictionaries(KEYS, JSON, max_size=6) | JSON
-URLS = st.sampled_from(
-    ["/api/agent/next-job", "/api/agent/job-status", "/api/agent/heartbeat", "/run-simulation"]
-)
+URLS = st.sampled_from(["/api/agent/next-job", "/api/agent/job-status", "/api/agent/heartbeat", "/run-simulation"])
 ALLOWED = {200, 204, 404, 409, 422}
 
 

@@ -91,9 +91,7 @@ def test_state_survives_a_restart_in_process(tmp_path: Path) -> None:
 def _start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     script = Path(sys.executable).parent / "opeva-devserver"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "opeva_devserver"]
-    return subprocess.Popen(
-        [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    return subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:

@@ -40,9 +40,7 @@ ALLOWED = {
 def _force(env: Env, job_id: str, status: str, worker_id: str | None) -> None:
     conn = sqlite3.connect(env.store.db_path)
     with conn:
-        conn.execute(
-            "UPDATE jobs SET status = ?, worker_id = ? WHERE job_id = ?", (status, worker_id, job_id)
-        )
+        conn.execute("UPDATE jobs SET status = ?, worker_id = ? WHERE job_id = ?", (status, worker_id, job_id))
     conn.close()
 
 

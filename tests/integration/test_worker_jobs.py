@@ -195,3 +195,18 @@ def test_job_timeout_stops_the_job_and_reports_failed_timeout(
 
 def make_worker_with(make_worker: Make, env: dict[str, str]) -> Make:
     return lambda **kwargs: make_worker(env, **kwargs)
+
+
+def test_worker_with_the_backend_token_runs_jobs(make_devserver: Callable[..., Devserver], make_worker: Make) -> None:
+    server = make_devserver("--token", "opeva-test-token")
+    job_id = server.submit(image="opeva-test-busybox:latest", command=sh("echo with token"))
+    without = make_worker(server=server).start()
+    time.sleep(3)
+    assert server.status(job_id) == "queued", "a worker without the token must not get work"
+    without.signal(signal.SIGTERM)
+    assert without.wait(10) == 0
+
+    worker = make_worker({"OPEVA_TOKEN": "opeva-test-token"}, server=server).start("--exit-after-job")
+    assert worker.wait(60) == 0, worker.text()
+    assert server.status(job_id) == "finished"
+    assert "opeva-test-token" not in worker.text()
