@@ -224,7 +224,9 @@ def _readopt_bound(readopt: Row) -> str:
     how = (
         "- **Re-adoption** reads `GET /containers/{id}/logs?follow=1` (json-file) from the start and skips the "
         "bytes that the last checkpoint (every second, only at clean UTF-8/secret-mask boundaries) says are in the "
-        "file, after cutting the file back to that checkpoint. Its speed is that of `docker logs -f`."
+        "file, after cutting the file back to that checkpoint. Once the container has exited it reads the log once "
+        "more without following (`follow=0`) from that checkpoint, because dockerd stops a followed read when the "
+        "container exits, however far behind the reader is. Its speed is that of `docker logs -f`."
     )
     if not readopt["error"]:
         return how + " In this run every byte arrived once, in order."
