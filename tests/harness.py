@@ -184,7 +184,9 @@ class WorkerProcess:
         return self.output.read_text(errors="replace")
 
     def containers(self, client: docker.DockerClient) -> list[Any]:
-        return list(client.containers.list(all=True, filters={"label": f"opeva.worker_id={self.worker_id}"}))
+        # sparse: no inspect per container, which races with a worker that is removing it right now.
+        labelled = {"label": f"opeva.worker_id={self.worker_id}"}
+        return list(client.containers.list(all=True, sparse=True, filters=labelled))
 
     def cleanup(self, client: docker.DockerClient) -> None:
         if self.proc is not None and self.proc.poll() is None:
