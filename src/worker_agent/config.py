@@ -10,9 +10,11 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from worker_agent import defaults
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -79,18 +81,37 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
-def _seconds(raw: str) -> float:
+def _path(raw: str) -> Path:
+    return Path(_text(raw))
+
+
+def _positive(raw: str, unit: str = "") -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError("must be a number of seconds") from None
+        raise ValueError(f"must be a number{unit}") from None
     if not value > 0 or value == float("inf"):
-        raise ValueError("must be a positive number of seconds")
+        raise ValueError(f"must be a positive number{unit}")
     return value
 
 
-def _optional_seconds(raw: str) -> float | None:
-    return None if raw.strip() in ("", "0") else _seconds(raw)
+def _seconds(raw: str) -> float:
+    return _positive(raw, " of seconds")
+
+
+def _whole(raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ValueError("must be a whole number (0: no limit)")
+    return int(raw)
+
+
+def _unless_zero(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    """For limits: empty or 0 means none; anything else must parse."""
+
+    def parse_or_none(raw: str) -> T | None:
+        return None if raw.strip() in ("", "0") else parse(raw)
+
+    return parse_or_none
 
 
 def _byte_count(raw: str) -> int:
@@ -110,18 +131,6 @@ def _port(raw: str) -> int:
     if not raw.strip().isdigit() or int(raw) > 65535:
         raise ValueError("must be a port number from 0 to 65535 (0 turns it off)")
     return int(raw)
-
-
-def _count(raw: str) -> int | None:
-    if raw.strip() in ("", "0"):
-        return None
-    if not raw.strip().isdigit():
-        raise ValueError("must be a whole number (0: no limit)")
-    return int(raw)
-
-
-def _optional_number(raw: str) -> float | None:
-    return None if raw.strip() in ("", "0") else _seconds(raw)
 
 
 def _gpus(raw: str) -> str | None:
@@ -185,7 +194,7 @@ OPTIONS: tuple[Option, ...] = (
         "shared_dir",
         "OPEVA_SHARED_DIR",
         "--shared-dir",
-        lambda raw: Path(_text(raw)),
+        _path,
         f"Local path of the mounted shared directory (default {defaults.SHARED_DIR}).",
     ),
     Option(
@@ -258,7 +267,7 @@ OPTIONS: tuple[Option, ...] = (
         "state_dir",
         "WORKER_STATE_DIR",
         "--state-dir",
-        lambda raw: Path(_text(raw)),
+        _path,
         f"Durable state directory: status outbox and active job (default {defaults.STATE_DIR}).",
     ),
     Option(
@@ -273,7 +282,7 @@ OPTIONS: tuple[Option, ...] = (
         "job_timeout",
         "JOB_TIMEOUT",
         "--job-timeout",
-        _optional_seconds,
+        _unless_zero(_seconds),
         "Stop a job after this many seconds and report it failed with error=timeout (default 0: no limit).",
     ),
     Option(
@@ -305,7 +314,7 @@ OPTIONS: tuple[Option, ...] = (
         "ca_bundle",
         "OPEVA_CA_BUNDLE",
         "--ca-bundle",
-        lambda raw: Path(_text(raw)),
+        _path,
         "CA bundle to verify the backend's TLS certificate.",
     ),
     Option(
@@ -334,7 +343,9 @@ OPTIONS: tuple[Option, ...] = (
         _gpus,
         "Request GPUs for job containers: all, or a comma-separated list of GPU ids (default off).",
     ),
-    Option("job_cpus", "JOB_CPUS", "--job-cpus", _optional_number, "CPU limit of a job container (default none)."),
+    Option(
+        "job_cpus", "JOB_CPUS", "--job-cpus", _unless_zero(_positive), "CPU limit of a job container (default none)."
+    ),
     Option(
         "job_memory",
         "JOB_MEMORY",
@@ -346,7 +357,7 @@ OPTIONS: tuple[Option, ...] = (
         "job_pids_limit",
         "JOB_PIDS_LIMIT",
         "--job-pids-limit",
-        _count,
+        _unless_zero(_whole),
         "Process limit of a job container (default none).",
     ),
     Option(
