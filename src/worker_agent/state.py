@@ -106,13 +106,3 @@ class Outbox:
 
     def depth(self) -> int:
         return len(self._entries())
-
-    def pending_for(self, job_id: str) -> list[StatusUpdate]:
-        found = []
-        for path in self._entries():
-            if path.name.endswith(f"-{job_id}.json"):
-                try:
-                    found.append(StatusUpdate(**json.loads(path.read_text(encoding="utf-8"))))
-                except (OSError, ValueError, TypeError):
-                    continue
-        return found
