@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,26 +23,24 @@ class Heartbeat:
         self._outage = Outage("backend (heartbeat)", log)
         self.last_success: float | None = None
         self._wake = threading.Event()
-        self._error: BackendError | None = None
 
     def beat_now(self) -> None:
         """Send the next heartbeat at once (e.g. when the worker starts draining or a job starts)."""
         self._wake.set()
 
-    def run(self, stop: threading.Event, clock: Callable[[], float]) -> None:
+    def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            delay = self._interval if self.send(clock) else min(self._interval, self._outage.failed(self._error))
+            try:
+                self.send()
+                delay = self._interval
+            except BackendError as exc:
+                delay = min(self._interval, self._outage.failed(exc))
             self._wake.wait(delay)
             self._wake.clear()
 
-    def send(self, clock: Callable[[], float]) -> bool:
-        """One heartbeat; True when the backend acknowledged it."""
-        try:
-            self._backend.heartbeat(self._info())
-        except BackendError as exc:
-            self._error = exc
-            return False
+    def send(self) -> None:
+        """One heartbeat; raises BackendError when the backend did not acknowledge it."""
+        self._backend.heartbeat(self._info())
         self._outage.succeeded()
-        self.last_success = clock()
+        self.last_success = time.time()
         metrics.LAST_HEARTBEAT.set(self.last_success)
-        return True

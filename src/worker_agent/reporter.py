@@ -26,12 +26,10 @@ class Reporter:
         self._outbox = outbox
         self._on_stop_seen = on_stop_seen
         self._outage = Outage("backend (status delivery)", log)
-        self._idle = threading.Event()
 
     def report(self, update: StatusUpdate) -> None:
         """Record the update durably; the delivery thread sends it."""
         log.info("job %s: status %s", update.job_id, update.status, extra={"job_id": update.job_id})
-        self._idle.clear()
         self._outbox.put(update)
         metrics.OUTBOX_DEPTH.set(self._outbox.depth())
 
@@ -41,7 +39,7 @@ class Reporter:
         while self._outbox.depth():
             if time.monotonic() >= deadline:
                 return False
-            self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         return True
 
     def run(self, stop: threading.Event) -> None:
@@ -50,7 +48,6 @@ class Reporter:
             self._outbox.changed.clear()
             item = self._outbox.peek()
             if item is None:
-                self._idle.set()
                 self._outbox.changed.wait(1.0)
                 continue
             path, update = item

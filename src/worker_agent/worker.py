@@ -247,12 +247,9 @@ class Worker:
         except OSError as exc:
             raise ConfigError(f"invalid WORKER_STATE_DIR={str(self.settings.state_dir)!r}: {exc}") from None
         self._install_signal_handlers()
-        for name, target in (("heartbeat", self._heartbeat_loop), ("reporter", self.reporter.run)):
+        for name, target in (("heartbeat", self.heartbeat.run), ("reporter", self.reporter.run)):
             threading.Thread(target=target, args=(self._threads_stop,), name=name, daemon=True).start()
         log.info("worker %s started (version %s)", self.settings.worker_id, __version__)
-
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        self.heartbeat.run(stop, time.time)
 
     def _teardown(self) -> None:
         if not self.stopping.is_set() and self.outbox.depth():
@@ -266,7 +263,8 @@ class Worker:
         self.heartbeat.beat_now()
         # A last heartbeat, so the hosts view shows how the last job ended and that the worker is leaving.
         if not self.outbox.depth():
-            self.heartbeat.send(time.time)
+            with contextlib.suppress(BackendError):
+                self.heartbeat.send()
         log.info("worker %s stopped", self.settings.worker_id)
 
     def _install_signal_handlers(self) -> None:
