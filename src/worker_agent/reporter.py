@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -75,17 +76,7 @@ class Reporter:
             return
         if current == "stop_requested" and update.status in ("finished", "failed"):
             # stop_requested -> finished is not allowed: a job that ended after a stop request is stopped.
-            self._deliver(
-                StatusUpdate(
-                    update.job_id,
-                    "stopped",
-                    update.container_id,
-                    update.container_name,
-                    update.exit_code,
-                    update.error,
-                    update.details,
-                )
-            )
+            self._deliver(dataclasses.replace(update, status="stopped"))
             return
         if update.status == "running" and current in STOPPING:
             self._on_stop_seen(update.job_id)
