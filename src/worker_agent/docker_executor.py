@@ -134,9 +134,8 @@ class DockerExecutor:
             with _engine(f"start container {spec.name}"):
                 self._api.start(job.ref)
         except (StartError, ExecutorUnavailable):
-            self._close_attached(job.ref)
             with contextlib.suppress(StartError, ExecutorUnavailable):
-                self.remove(job)
+                self.remove(job)  # also closes the attach stream
             raise
         return job
 
@@ -222,24 +221,23 @@ class DockerExecutor:
             return False
 
     def _attach(self, ref: str) -> Any:
-        with _engine("attach"):
-            response = self._api._post(
-                self._api._url("/containers/{0}/attach", ref),
-                headers={"Connection": "Upgrade", "Upgrade": "tcp"},
-                params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
-                stream=True,
-            )
-            self._api._raise_for_status(response)
-            self._api._disable_socket_timeout(self._api._get_raw_response_socket(response))
-        return response
+        return self._stream(
+            "attach",
+            self._api._post,
+            ref,
+            params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
+            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        )
 
     def _logs(self, ref: str, follow: bool) -> Any:
-        with _engine("logs"):
-            response = self._api._get(
-                self._api._url("/containers/{0}/logs", ref),
-                params={"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"},
-                stream=True,
-            )
+        return self._stream(
+            "logs", self._api._get, ref, params={"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"}
+        )
+
+    def _stream(self, endpoint: str, send: Callable[..., Any], ref: str, **request: Any) -> Any:
+        """An open streaming response of /containers/{ref}/{endpoint}, with no read timeout (jobs run for hours)."""
+        with _engine(endpoint):
+            response = send(self._api._url(f"/containers/{{0}}/{endpoint}", ref), stream=True, **request)
             self._api._raise_for_status(response)
             self._api._disable_socket_timeout(self._api._get_raw_response_socket(response))
         return response
