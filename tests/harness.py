@@ -23,6 +23,8 @@ from typing import Any
 
 import docker
 
+from worker_agent import domain
+
 BUSYBOX_IMAGE = "opeva-test-busybox:latest"
 # Accepts the legacy command `--config PATH --job_id ID` the way the real simulator does.
 SIM_IMAGE = "opeva-test-sim:latest"
@@ -32,6 +34,12 @@ cat "$2"
 echo "sim: done"
 """
 REPO = Path(__file__).resolve().parent.parent
+TERMINAL = frozenset(str(status) for status in domain.TERMINAL)
+
+
+def sh(script: str) -> list[str]:
+    """A job command that runs `script` in the image's shell."""
+    return ["sh", "-c", script]
 
 
 def free_port() -> int:

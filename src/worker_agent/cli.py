@@ -20,7 +20,8 @@ log = logging.getLogger("worker_agent")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="job-worker-agent",
-        description="Runs OPEVA jobs from the backend's queue in Docker containers, one at a time. "
+        description="Runs OPEVA jobs from the backend's queue in Docker containers, "
+        "WORKER_MAX_ACTIVE_JOBS at a time (default 1). "
         "Each option can also be set by the environment variable shown in brackets; a flag wins.",
     )
     parser.add_argument(
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "doctor":
-        from worker_agent import doctor
+        from worker_agent.ops import doctor
 
         return doctor.main(args)
     try:
@@ -54,14 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(settings: config.Settings) -> int:
-    from worker_agent import httpserver
+    from worker_agent.ops import httpserver
     from worker_agent.worker import Worker
 
     worker = Worker(settings)
     server = None
     if settings.metrics_port:
         try:
-            server = httpserver.serve(settings.metrics_port, httpserver.worker_readiness(worker))
+            server = httpserver.serve(settings.metrics_port, worker.readiness)
         except OSError as exc:
             raise ConfigError(
                 f"invalid METRICS_PORT={settings.metrics_port}: cannot listen: {exc.strerror or exc} "

@@ -35,6 +35,7 @@ class Settings:
     image: str = defaults.WORKER_IMAGE
     image_pull_policy: str = defaults.IMAGE_PULL_POLICY
     exit_after_job: bool = False
+    max_active_jobs: int = defaults.MAX_ACTIVE_JOBS
     state_dir: Path = Path(defaults.STATE_DIR)
     http_timeout: float = defaults.HTTP_TIMEOUT_SECONDS
     allowed_images: tuple[str, ...] = ()
@@ -102,6 +103,12 @@ def _seconds(raw: str) -> float:
 def _whole(raw: str) -> int:
     if not raw.strip().isdigit():
         raise ValueError("must be a whole number (0: no limit)")
+    return int(raw)
+
+
+def _count(raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError("must be a whole number of at least 1")
     return int(raw)
 
 
@@ -260,8 +267,16 @@ OPTIONS: tuple[Option, ...] = (
         "WORKER_EXIT_AFTER_JOB",
         "--exit-after-job",
         _flag,
-        "Exit after the current (or next) job ends (default off). SIGUSR1 does the same at run time.",
+        "Take no new job once one was taken, and exit when the jobs in hand have ended (default off). "
+        "SIGUSR1 does the same at run time.",
         switch=True,
+    ),
+    Option(
+        "max_active_jobs",
+        "WORKER_MAX_ACTIVE_JOBS",
+        "--max-active-jobs",
+        _count,
+        f"Jobs this worker runs at once, one slot each (default {defaults.MAX_ACTIVE_JOBS}).",
     ),
     Option(
         "state_dir",

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from worker_agent import defaults
 from worker_agent.config import Settings
-from worker_agent.docker_executor import LABEL_WORKER
-from worker_agent.executor import JobSpec, Mount
+from worker_agent.domain import JobSpec, Mount
 from worker_agent.payload import JobPayload, PayloadError
 
 SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
@@ -28,12 +27,12 @@ def build_spec(payload: JobPayload, settings: Settings) -> JobSpec:
     payload.config_file(settings.shared_dir)
     return JobSpec(
         job_id=payload.job_id,
+        worker_id=settings.worker_id,
         image=image,
         command=payload.command_args(defaults.CONTAINER_DATA_DIR),
         name=payload.docker_name(),
         env=dict(payload.env),
         mounts=[Mount(str(settings.shared_dir), defaults.CONTAINER_DATA_DIR), *mounts],
-        labels={LABEL_WORKER: settings.worker_id},
         cpus=settings.job_cpus,
         memory_bytes=settings.job_memory,
         pids_limit=settings.job_pids_limit,

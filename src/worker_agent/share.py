@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,7 +10,18 @@ from worker_agent import defaults
 
 
 def share_problem(shared_dir: Path, check: str) -> str | None:
-    """None when the share is usable; otherwise a one-line reason for the log and the heartbeat."""
+    """None when the share is usable; otherwise a one-line reason for the log and the heartbeat.
+
+    Any error the share answers (an NFS mount gives ESTALE, EIO or EACCES) means "unavailable": the
+    worker waits and says why, it never crashes on it.
+    """
+    try:
+        return _problem(shared_dir, check)
+    except OSError as exc:
+        return f"{shared_dir} is unavailable: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, '?')})"
+
+
+def _problem(shared_dir: Path, check: str) -> str | None:
     if not shared_dir.is_dir():
         return f"{shared_dir} does not exist or is not a directory"
     if check == "mountpoint" and not os.path.ismount(shared_dir):

@@ -1,35 +1,95 @@
-"""The worker loop: bootstrap, re-adopt, then poll -> run -> report, until told to stop."""
+"""The worker loop: bootstrap, re-adopt, then poll for work while a slot is free, until told to stop.
+
+Each job lives in its own slot thread (job.JobRun); the loop only decides when to ask for work.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from worker_agent import __version__, metrics, payload
-from worker_agent.backend import BackendClient, BackendError, StatusUpdate
+from worker_agent import __version__, payload
+from worker_agent.backend.client import BackendClient, BackendError
+from worker_agent.backend.heartbeat import Heartbeat
+from worker_agent.backend.reporter import Reporter
+from worker_agent.backoff import Outage
 from worker_agent.config import ConfigError, Settings
-from worker_agent.docker_executor import DockerExecutor
-from worker_agent.executor import Executor, ExecutorUnavailable, JobHandle, StartError
-from worker_agent.heartbeat import Heartbeat
-from worker_agent.jobfiles import open_job_log
-from worker_agent.jobrun import DETACHED, JobRun
-from worker_agent.policy import build_spec
-from worker_agent.reporter import Reporter
-from worker_agent.retry import Outage
+from worker_agent.domain import Status, StatusUpdate
+from worker_agent.executors.base import Executor, ExecutorUnavailable
+from worker_agent.health import Health
+from worker_agent.job import JobContext, JobRun
+from worker_agent.ops import metrics
+from worker_agent.ops.telemetry import host_info, share_free_bytes
 from worker_agent.share import share_problem
-from worker_agent.state import JobRecord, LogPosition, StateDir
-from worker_agent.telemetry import host_info, share_free_bytes
+from worker_agent.state.store import StateDir
 
 log = logging.getLogger(__name__)
 
-# SIGTERM must leave the worker within 5 s: this much of it may go to delivering pending statuses.
-_EXIT_FLUSH_SECONDS = 3.0
+# SIGTERM must leave the worker within 5 s: this much of it may go to jobs detaching, and this much to
+# delivering pending statuses.
+_EXIT_DETACH_SECONDS = 1.5
+_EXIT_FLUSH_SECONDS = 2.5
+
+
+class _Slots:
+    """The jobs in hand, one thread each; `changed` is set whenever one ends."""
+
+    def __init__(self, limit: int, changed: threading.Event) -> None:
+        self.limit = limit
+        self._runs: dict[str, tuple[JobRun, threading.Thread]] = {}
+        self._lock = threading.Lock()
+        self._changed = changed
+        metrics.SLOTS.set(limit)
+
+    def start(
+        self, run: JobRun, body: Callable[[], Status | None], on_end: Callable[[JobRun, Status | None], None]
+    ) -> None:
+        def life() -> None:
+            try:
+                on_end(run, body())
+            except Exception:
+                log.exception("job %s: unexpected error in its slot", run.job_id, extra={"job_id": run.job_id})
+            finally:
+                with self._lock:
+                    self._runs.pop(run.job_id, None)
+                    metrics.ACTIVE_JOBS.set(len(self._runs))
+                self._changed.set()
+
+        thread = threading.Thread(target=life, name=f"job-{run.job_id}", daemon=True)
+        with self._lock:
+            self._runs[run.job_id] = (run, thread)
+            metrics.ACTIVE_JOBS.set(len(self._runs))
+        thread.start()
+
+    def runs(self) -> list[JobRun]:
+        with self._lock:
+            return [run for run, _ in self._runs.values()]
+
+    def get(self, job_id: str) -> JobRun | None:
+        with self._lock:
+            entry = self._runs.get(job_id)
+        return entry[0] if entry else None
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            return self.limit - len(self._runs)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for every slot to end; False when `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            threads = [thread for _, thread in self._runs.values()]
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
 
 class Worker:
@@ -40,33 +100,30 @@ class Worker:
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
-        self.backend = backend or BackendClient(
-            settings.server,
-            settings.worker_id,
-            timeout=settings.http_timeout,
-            token=settings.token,
-            verify=str(settings.ca_bundle) if settings.ca_bundle and settings.tls_verify else settings.tls_verify,
-        )
-        self.executor: Executor = executor or DockerExecutor(settings.image_pull_policy)
+        self.health = Health()
+        self.backend = backend or BackendClient.for_settings(settings)
+        self.executor = executor or _default_executor(settings)
         self.state = StateDir(settings.state_dir)
         self.outbox = self.state.outbox()
-        self.reporter = Reporter(self.backend, self.outbox, on_stop_seen=self._stop_seen)
-        self.heartbeat = Heartbeat(self.backend, settings.heartbeat_interval, self.heartbeat_info)
-        self.stopping = threading.Event()  # SIGTERM/SIGINT: leave now
-        self.draining = threading.Event()  # SIGUSR1: leave after the current job
-        self._wake = threading.Event()
+        self.reporter = Reporter(self.backend, self.outbox, self.health, on_stop_seen=self._stop_seen)
+        self.heartbeat = Heartbeat(self.backend, settings.heartbeat_interval, self.heartbeat_info, self.health)
+        self.health.on_change = self.heartbeat.beat_now
+        self.stopping = threading.Event()  # SIGTERM/SIGINT: leave now, jobs stay running (detached)
+        self.draining = threading.Event()  # SIGUSR1: take no new job, leave once the jobs in hand ended
+        self._wake = threading.Event()  # a signal arrived or a slot ended
         self._threads_stop = threading.Event()
+        self._slots = _Slots(settings.max_active_jobs, self._wake)
+        self._ctx = JobContext(
+            settings, self.executor, self.backend, self.reporter, self.state, self.health, self.stopping
+        )
         self._backend_outage = Outage("backend", log)
-        self._docker_outage = Outage("Docker", log)
+        self._executor_outage = Outage(f"executor ({self.executor.name})", log)
         self._share_outage = Outage("shared directory", log)
-        self.share_problem: str | None = None
-        self.shared_free_bytes: int | None = None
+        self._executor_error: object = None
+        self._share_problem: str | None = None
         self._needs_readopt = True
-        self.active: JobRun | None = None
-        self.last_job_id: str | None = None
-        self.last_terminal_status: str | None = None
-        self.docker_version: str | None = None
-        self._docker_error: ExecutorUnavailable | None = None
+        self._jobs_taken = 0
+        self._last_job: tuple[str, Status | None] | None = None
 
     # --- the story ---
 
@@ -83,161 +140,127 @@ class Worker:
 
     def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
-        if not self.check_docker():
-            return self._docker_outage.failed(self._docker_error)
+        if not self._executor_ready():
+            return self._executor_outage.failed(self._executor_error)
         if not self._share_ready():
-            return self._share_outage.failed(self.share_problem)
+            return self._share_outage.failed(self._share_problem)
         if self._needs_readopt:
             self._readopt()
             return 0
+        if not self._may_take_job():
+            return self.settings.poll_interval  # woken at once when a slot ends
         try:
             raw = self.backend.next_job()
         except BackendError as exc:
             return self._backend_outage.failed(exc)
         self._backend_outage.succeeded()
-        if raw is None or not self._run_payload(raw):
+        if raw is None or not self._accept(raw):
             # No work, or a payload skipped unread: a backend that keeps sending one must not spin the loop.
             return self.settings.poll_interval
-        return 0  # right after a job ends, poll again at once
+        return 0  # a slot may still be free: ask again at once
+
+    def _may_take_job(self) -> bool:
+        one_done = self.settings.exit_after_job and self._jobs_taken > 0
+        return self._slots.free > 0 and not self.draining.is_set() and not one_done and not self.stopping.is_set()
 
     def _should_exit(self) -> bool:
-        # Between jobs: SIGUSR1 means leave now; exit-after-job means leave once one job has run.
-        one_done = self.settings.exit_after_job and self.last_job_id is not None
-        return self.stopping.is_set() or self.draining.is_set() or one_done
+        # Draining (SIGUSR1, or exit-after-job once a job was taken) ends when the jobs in hand have ended.
+        if self.stopping.is_set():
+            return True
+        draining = self.draining.is_set() or (self.settings.exit_after_job and self._jobs_taken > 0)
+        return draining and not self._slots.runs()
 
     # --- jobs ---
 
-    def _run_payload(self, raw: Any) -> bool:
-        """Run (or fail) the payload's job; False when it was skipped for want of a usable job_id."""
+    def _accept(self, raw: Any) -> bool:
+        """Give the payload's job a slot; False when it was skipped for want of a usable job_id."""
         try:
             job = payload.parse(raw)
-            spec = build_spec(job, self.settings)
         except payload.PayloadError as exc:
             if exc.job_id is None:
                 log.error("skipping a payload without a usable job_id: %s", exc.reason)
                 return False
-            self._report_start_failure(exc.job_id, f"invalid_payload: {exc.reason}")
+            log.error("job %s: invalid payload: %s", exc.job_id, exc.reason, extra={"job_id": exc.job_id})
+            self.reporter.report(StatusUpdate(exc.job_id, Status.FAILED, error=f"invalid_payload: {exc.reason}"))
+            self._job_ended(exc.job_id, Status.FAILED)
             return True
-        try:
-            fd = open_job_log(self.settings.shared_dir, job.job_id)
-        except OSError as exc:
-            self._report_start_failure(job.job_id, f"cannot write the job log: {exc}")
-            return True
-        try:
-            handle = self.executor.start(spec, progress=lambda line: _note(fd, job.job_id, line))
-            log_size = os.fstat(fd).st_size
-        except (StartError, ExecutorUnavailable) as exc:
-            _note(fd, job.job_id, f"job could not start: {exc}")
-            self._report_start_failure(job.job_id, str(exc))
-            return True
-        finally:
-            os.close(fd)
-        record = JobRecord(job.job_id, handle.ref, handle.name, LogPosition(file_size=log_size))
-        self.state.save_job(record)
-        self.reporter.report(StatusUpdate(job.job_id, "running", handle.ref, handle.name))
-        self._supervise(handle, record, adopted=False)
+        self._jobs_taken += 1
+        run = JobRun(self._ctx, job.job_id)
+        self._slots.start(run, functools.partial(run.run_new, job), self._on_job_end)
+        self.heartbeat.beat_now()
         return True
 
     def _readopt(self) -> None:
-        """Take back the containers this worker started before it restarted."""
+        """Take back every job this worker started before it restarted, even beyond the slot limit."""
         try:
             owned = self.executor.find_owned(self.settings.worker_id)
         except ExecutorUnavailable as exc:
-            self._docker_outage.failed(exc)
+            self.health.executor_down(exc)
             return
         self._needs_readopt = False
         for handle in owned:
-            if self.stopping.is_set():
-                return
-            record = self.state.load_job(handle.job_id)
-            if record is None or record.container_id != handle.ref:
-                record = JobRecord(handle.job_id, handle.ref, handle.name)
-            log.info(
-                "re-adopting job %s (container %s)",
-                handle.job_id,
-                handle.name,
-                extra={"job_id": handle.job_id},
-            )
-            self._supervise(handle, record, adopted=True)
+            if self._slots.get(handle.job_id) is not None:
+                continue
+            self._jobs_taken += 1
+            run = JobRun(self._ctx, handle.job_id)
+            self._slots.start(run, functools.partial(run.run_adopted, handle), self._on_job_end)
+        if owned:
+            self.heartbeat.beat_now()
 
-    def _supervise(self, handle: JobHandle, record: JobRecord, adopted: bool) -> None:
-        self.active = JobRun(self, handle, record, adopted)
-        self.heartbeat.beat_now()
-        metrics.JOBS_STARTED.inc()
-        try:
-            status = self.active.supervise()
-        except OSError as exc:
-            # The job log cannot be written (share gone, or a symlink planted): do not run blind.
-            log.error("job %s: cannot write its log: %s", handle.job_id, exc, extra={"job_id": handle.job_id})
-            with contextlib.suppress(StartError, ExecutorUnavailable):
-                self.executor.stop(handle, self.settings.stop_grace_period)
-            status = "failed"
-            self.reporter.report(
-                StatusUpdate(handle.job_id, status, handle.ref, handle.name, error=f"cannot write the job log: {exc}")
-            )
-        finally:
-            self.active = None
-        if status != DETACHED:
-            metrics.JOBS_ENDED.labels(status).inc()
-            metrics.JOB_DURATION.observe(max(0.0, time.time() - record.started_at))
-        self.last_job_id, self.last_terminal_status = handle.job_id, status
-        self.heartbeat.beat_now()
+    def _on_job_end(self, run: JobRun, status: Status | None) -> None:
+        self._job_ended(run.job_id, status)
 
-    def _report_start_failure(self, job_id: str, error: str) -> None:
-        log.error("job %s failed to start: %s", job_id, error, extra={"job_id": job_id})
-        self.reporter.report(StatusUpdate(job_id, "failed", error=error))
-        self.last_job_id, self.last_terminal_status = job_id, "failed"
+    def _job_ended(self, job_id: str, status: Status | None) -> None:
+        self._last_job = (job_id, status)
+        self.heartbeat.beat_now()
 
     def _stop_seen(self, job_id: str) -> None:
-        active = self.active
-        if active is not None and active.job.job_id == job_id:
-            active.check_status_now()
+        run = self._slots.get(job_id)
+        if run is not None:
+            run.check_status_now()
 
     # --- health of what the worker depends on ---
 
-    def check_docker(self) -> bool:
+    def _executor_ready(self) -> bool:
         try:
-            self.docker_version = self.executor.ping()
+            self.health.executor_up(self.executor.ping())
         except ExecutorUnavailable as exc:
-            self.docker_lost(exc)
-        metrics.DOCKER_UP.set(self.docker_version is not None)
-        if self.docker_version is not None:
-            self._docker_outage.succeeded()
-        return self.docker_version is not None
-
-    def docker_lost(self, error: ExecutorUnavailable) -> None:
-        if self.docker_version is not None:
-            self.heartbeat.beat_now()  # tell the backend at once that this host cannot run jobs now
-        self.docker_version, self._docker_error = None, error
-        metrics.DOCKER_UP.set(0)
+            self._executor_error = exc
+            self.health.executor_down(exc)
+            return False
+        self._executor_outage.succeeded()
+        return True
 
     def _share_ready(self) -> bool:
         """No job is taken (or re-adopted) while the share is missing: its log would land on local disk."""
-        self.share_problem = share_problem(self.settings.shared_dir, self.settings.share_check)
-        self.shared_free_bytes = None if self.share_problem else share_free_bytes(self.settings.shared_dir)
-        metrics.SHARE_HEALTHY.set(self.share_problem is None)
-        if self.share_problem is None:
+        self._share_problem = share_problem(self.settings.shared_dir, self.settings.share_check)
+        free = None if self._share_problem else share_free_bytes(self.settings.shared_dir)
+        self.health.share_checked(self._share_problem, free)
+        if self._share_problem is None:
             self._share_outage.succeeded()
-        return self.share_problem is None
+        return self._share_problem is None
 
     def heartbeat_info(self) -> dict[str, Any]:
-        active = self.active
+        jobs = [run.summary() for run in self._slots.runs()]
+        last_id, last_status = self._last_job or (None, None)
         return {
             "worker_version": __version__,
             "executor": self.executor.name,
-            "active_job_id": active.job.job_id if active else None,
-            "active_job_count": 1 if active else 0,
-            "last_job_id": self.last_job_id,
-            "last_terminal_status": self.last_terminal_status,
+            "max_active_jobs": self._slots.limit,
+            "active_jobs": jobs,
+            "active_job_ids": [job["job_id"] for job in jobs],
+            "active_job_id": jobs[0]["job_id"] if jobs else None,
+            "active_job_count": len(jobs),
+            "last_job_id": last_id,
+            "last_terminal_status": str(last_status) if last_status else None,
             "draining": self.draining.is_set() or self.stopping.is_set() or self.settings.exit_after_job,
-            "docker_ok": self.docker_version is not None,
-            "docker_version": self.docker_version,
-            "share_ok": self.share_problem is None,
-            "share_problem": self.share_problem,
             "outbox_depth": self.outbox.depth(),
-            "shared_free_bytes": self.shared_free_bytes,
+            **self.health.heartbeat_info(),
             **host_info(),
         }
+
+    def readiness(self) -> list[str]:
+        return self.health.problems(self.settings.heartbeat_interval)
 
     # --- start and end ---
 
@@ -249,10 +272,15 @@ class Worker:
         self._install_signal_handlers()
         for name, target in (("heartbeat", self.heartbeat.run), ("reporter", self.reporter.run)):
             threading.Thread(target=target, args=(self._threads_stop,), name=name, daemon=True).start()
-        log.info("worker %s started (version %s)", self.settings.worker_id, __version__)
+        log.info("worker %s started (version %s, %d slot(s))", self.settings.worker_id, __version__, self._slots.limit)
 
     def _teardown(self) -> None:
-        if not self.stopping.is_set() and self.outbox.depth():
+        if self.stopping.is_set():
+            # Jobs detach within a tick; with WORKER_STOP_JOB_ON_EXIT they are stopped and reported first.
+            timeout = None if self.settings.stop_job_on_exit else _EXIT_DETACH_SECONDS
+            if not self._slots.join(timeout):
+                log.warning("some jobs were still starting; they stay for the next worker start")
+        elif self.outbox.depth():
             # A planned exit (exit-after-job, SIGUSR1) waits until the backend has every status; a signal cuts it short.
             log.info("waiting for the backend to acknowledge %d status update(s)", self.outbox.depth())
             while not self.reporter.flush(1.0) and not self.stopping.is_set():
@@ -263,8 +291,10 @@ class Worker:
         self.heartbeat.beat_now()
         # A last heartbeat, so the hosts view shows how the last job ended and that the worker is leaving.
         if not self.outbox.depth():
-            with contextlib.suppress(BackendError):
+            try:
                 self.heartbeat.send()
+            except BackendError as exc:
+                log.debug("last heartbeat not sent: %s", exc)
         log.info("worker %s stopped", self.settings.worker_id)
 
     def _install_signal_handlers(self) -> None:
@@ -279,11 +309,21 @@ class Worker:
             log.warning("second %s: exiting at once", signal.Signals(signum).name)
             os._exit(1)
         log.info("%s received: shutting down", signal.Signals(signum).name)
-        self.stopping.set()
-        self._wake.set()
+        self.shutdown()
 
     def _on_drain_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("SIGUSR1 received: exiting after the current job")
+        log.info("SIGUSR1 received: exiting after the jobs in hand")
+        self.drain()
+
+    def shutdown(self) -> None:
+        """Leave now: jobs are detached (or stopped, with WORKER_STOP_JOB_ON_EXIT) for the next start."""
+        self.stopping.set()
+        for run in self._slots.runs():
+            run.wake()
+        self._wake.set()
+
+    def drain(self) -> None:
+        """Take no new job; leave once the jobs in hand have ended and their statuses are delivered."""
         self.draining.set()
         self._wake.set()
         self.heartbeat.beat_now()
@@ -293,7 +333,8 @@ class Worker:
         self._wake.clear()
 
 
-def _note(fd: int, job_id: str, line: str) -> None:
-    """A line from the worker itself (e.g. image pull progress), in both the worker log and the job log."""
-    log.info("job %s: %s", job_id, line, extra={"job_id": job_id})
-    os.write(fd, f"[job-worker-agent] {line}\n".encode())
+def _default_executor(settings: Settings) -> Executor:
+    # Imported here: the Docker SDK is only loaded by a worker that runs jobs in Docker.
+    from worker_agent.executors.docker import DockerExecutor
+
+    return DockerExecutor(settings.image_pull_policy)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import REPO, TERMINAL, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "TERMINAL", "free_port"]
 SCRIPTS = REPO / "scripts"
 DEMO_IMAGE = "opeva-demo-sim:latest"
-TERMINAL = {"finished", "failed", "stopped", "canceled"}
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -24,11 +22,6 @@ def run(cmd: list[str], *, check: bool = True, timeout: float = 600, **kw: Any) 
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     return proc
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -259,3 +260,53 @@ def test_container_of_a_job_the_backend_does_not_know_is_removed(
     assert "backend has it as None" in worker.text()
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0
+
+
+def _created_container(client: docker.DockerClient, worker: WorkerProcess, job_id: str, script: str) -> Any:
+    """What a worker leaves behind when it (or dockerd) is interrupted between create and start."""
+    labels = {"opeva.worker_id": worker.worker_id, "opeva.job_id": job_id, "opeva.managed-by": "job-worker-agent"}
+    return client.containers.create(
+        "opeva-test-busybox:latest", ["sh", "-c", script], name=f"opeva-job-{job_id}", labels=labels
+    )
+
+
+def _claim(devserver: Devserver, worker: WorkerProcess) -> str:
+    return str(devserver.request("POST", "/api/agent/next-job", {"worker_id": worker.worker_id})["job_id"])
+
+
+def test_a_created_container_of_its_job_is_started_and_new_jobs_still_run(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    worker = make_worker(server=devserver)
+    devserver.submit(image="opeva-test-busybox:latest", command=["sh", "-c", "echo unused"])
+    job_id = _claim(devserver, worker)
+    _created_container(docker_client, worker, job_id, "echo started-late")
+    later = devserver.submit(image="opeva-test-busybox:latest", command=["sh", "-c", "echo later"])
+
+    worker.start()
+
+    devserver.wait_status(later, {"finished"}, timeout=30)
+    devserver.wait_status(job_id, {"finished"}, timeout=30)
+    assert "started-late" in devserver.log_file(job_id).read_text()
+    assert_no_containers(worker, docker_client)
+
+
+def test_a_created_container_of_a_canceled_job_is_removed_unstarted(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    worker = make_worker(server=devserver)
+    devserver.submit(image="opeva-test-busybox:latest", command=["sh", "-c", "echo unused"])
+    job_id = _claim(devserver, worker)
+    devserver.request(
+        "POST", "/api/agent/job-status", {"job_id": job_id, "status": "canceled", "worker_id": worker.worker_id}
+    )
+    container = _created_container(docker_client, worker, job_id, "touch /data/must-not-exist")
+    later = devserver.submit(image="opeva-test-busybox:latest", command=["sh", "-c", "echo later"])
+
+    worker.start()
+
+    devserver.wait_status(later, {"finished"}, timeout=30)
+    with pytest.raises(docker.errors.NotFound):
+        container.reload()
+    assert devserver.status(job_id) == "canceled"
+    assert not (devserver.shared / "must-not-exist").exists()

@@ -18,9 +18,7 @@ from typing import Any
 
 import docker
 import pytest
-from harness import BUSYBOX_IMAGE, WorkerProcess, wait_for
-
-TERMINAL = {"finished", "failed", "stopped", "canceled"}
+from harness import BUSYBOX_IMAGE, TERMINAL, WorkerProcess, wait_for
 
 
 @dataclass

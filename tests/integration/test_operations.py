@@ -21,16 +21,12 @@ from pathlib import Path
 
 import docker
 import pytest
-from harness import BUSYBOX_IMAGE, Devserver, WorkerProcess, free_port, wait_for
+from harness import BUSYBOX_IMAGE, Devserver, WorkerProcess, free_port, sh, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.docker
 Make = Callable[..., WorkerProcess]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def sh(script: str) -> list[str]:
-    return ["sh", "-c", script]
 
 
 def scrape(port: int) -> Samples:

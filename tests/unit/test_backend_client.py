@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker_agent.backend import BackendClient, BackendError, Conflict, StatusUpdate, UnknownJob
+from worker_agent.backend.client import BackendClient, BackendError, Conflict, UnknownJob
 from worker_agent.config import ConfigError
+from worker_agent.domain import StatusUpdate
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -131,7 +132,7 @@ class _Drip(httpx.SyncByteStream):
 
 def test_a_dripping_answer_is_cut_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr("worker_agent.backend.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("worker_agent.backend.client.time.monotonic", lambda: clock[0])
     backend = client(lambda request: httpx.Response(200, stream=_Drip(clock)), timeout=3.0)
     with pytest.raises(BackendError, match="within 3 s"):
         backend.next_job()
@@ -145,7 +146,7 @@ def test_timeout_reaches_httpx() -> None:
 
 
 def test_ca_bundle_becomes_a_context_and_a_bad_one_is_a_config_error(tmp_path: Path) -> None:
-    from worker_agent.backend import _tls
+    from worker_agent.backend.client import _tls
 
     assert _tls(True) is True and _tls(False) is False
     ca = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker_agent import config, doctor
-from worker_agent.doctor import FAIL, OK, SKIP, WARN, Check
+from worker_agent import config
+from worker_agent.ops import doctor
+from worker_agent.ops.doctor import FAIL, OK, SKIP, WARN, Check
 
 
 def settings(**overrides: object) -> config.Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from docker.types import DeviceRequest
 
-from worker_agent.docker_executor import gpu_requests
+from worker_agent.executors.docker import gpu_requests
 
 
 def test_no_gpus_means_no_device_requests() -> None:

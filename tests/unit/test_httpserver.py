@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker_agent import httpserver, metrics
+from worker_agent.ops import httpserver, metrics
 
 
 @pytest.fixture
@@ -74,33 +71,3 @@ def test_port_taken_is_an_oserror(base: str) -> None:
     port = int(base.rsplit(":", 1)[1])
     with pytest.raises(OSError):
         httpserver.serve(port, list, host="127.0.0.1")
-
-
-def fake_worker(**overrides: Any) -> Any:
-    fields: dict[str, Any] = {
-        "docker_version": "27.0",
-        "share_problem": None,
-        "heartbeat": SimpleNamespace(last_success=1000.0),
-        "settings": SimpleNamespace(heartbeat_interval=10.0),
-    }
-    return SimpleNamespace(**{**fields, **overrides})
-
-
-def test_ready_when_docker_share_and_a_recent_heartbeat() -> None:
-    assert httpserver.worker_readiness(fake_worker(), clock=lambda: 1030.0)() == []
-
-
-def test_each_missing_condition_is_named() -> None:
-    worker = fake_worker(docker_version=None, share_problem="/s does not exist")
-
-    assert httpserver.worker_readiness(worker, clock=lambda: 1000.0)() == [
-        "Docker is not reachable",
-        "shared directory: /s does not exist",
-    ]
-
-
-def test_heartbeat_older_than_three_intervals_or_none_is_not_ready() -> None:
-    (stale,) = httpserver.worker_readiness(fake_worker(), clock=lambda: 1031.0)()
-    assert stale == "no heartbeat acknowledged by the backend for 31s (limit 30s)"
-    never = fake_worker(heartbeat=SimpleNamespace(last_success=None))
-    assert httpserver.worker_readiness(never, clock=time.time)() == ["no heartbeat acknowledged by the backend yet"]

@@ -3,13 +3,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from worker_agent.docker_executor import demux
-from worker_agent.logpump import STDERR, STDOUT, LogPump, SecretMasker
-from worker_agent.state import LogPosition
+from worker_agent.domain import LogPosition
+from worker_agent.executors.docker import demux
+from worker_agent.logs.jobfiles import JobLog
+from worker_agent.logs.pump import STDERR, STDOUT, LogPump
 
 
-def open_log(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def open_log(path: Path) -> JobLog:
+    return JobLog(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
 
 
 def frame(stream: int, data: bytes) -> bytes:
@@ -22,52 +23,47 @@ def test_demux_splits_frames_across_arbitrary_blob_boundaries() -> None:
         assert list(demux([raw[:cut], raw[cut:]])) == [(1, b"out-1\n"), (2, b"err-1\n"), (1, b"out-2")]
 
 
-def test_masker_catches_a_secret_split_across_chunks() -> None:
-    masker = SecretMasker(["hunter2-secret"])
-    out = masker.feed("password is hunt") + masker.feed("er2-sec") + masker.feed("ret, bye\n") + masker.flush()
-    assert out == "password is ***, bye\n"
-
-
-def test_masker_holds_back_only_a_possible_secret_prefix() -> None:
-    masker = SecretMasker(["abcdef"])
-    assert masker.feed("line 1\n") == "line 1\n"
-    assert masker.feed("x ab") == "x "
-    assert masker.feed("z\n") == "abz\n"
-
-
-def test_short_values_are_not_masked() -> None:
-    assert SecretMasker(["1"]).feed("a1b2\n") == "a1b2\n"
-
-
-def test_pump_writes_streams_keeps_non_utf8_readable_and_checkpoints(tmp_path: Path) -> None:
+def test_live_pump_writes_whole_messages_replaces_bad_bytes_and_checkpoints(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
-    fd = open_log(path)
+    log = open_log(path)
     checkpoints: list[LogPosition] = []
-    pump = LogPump(fd, LogPosition(), on_checkpoint=checkpoints.append)
-    pump.pump([(STDOUT, b"caf\xc3"), (STDOUT, b"\xa9 ok\n"), (STDERR, b"bad \xff byte\n")])
-    os.close(fd)
-    assert path.read_text() == "café ok\nbad \\xff byte\n"
-    assert checkpoints[-1] == LogPosition(stdout=9, stderr=11, file_size=path.stat().st_size)
+    pump = LogPump(log, LogPosition(), live=True, on_checkpoint=checkpoints.append)
+    pump.pump([(STDOUT, b"caf\xc3"), (STDOUT, b"\xa9 ok\n"), (STDERR, b"bad \xff byte\n"), (STDOUT, b"no newline")])
+    assert path.read_bytes() == "café ok\nbad \ufffd byte\n".encode()  # the unfinished message is held
+    pump.finish()
+    log.close()
+    assert path.read_bytes() == "café ok\nbad \ufffd byte\nno newline".encode()
+    assert checkpoints[-1] == LogPosition(stdout_messages=2, stderr_messages=1, file_size=path.stat().st_size)
 
 
-def test_resume_truncates_the_unrecorded_tail_and_skips_known_bytes(tmp_path: Path) -> None:
+def test_a_cut_stream_writes_nothing_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "job.log"
+    log = open_log(path)
+    pump = LogPump(log, LogPosition(), live=True, secrets=["SUPERSECRET-42"])
+    pump.pump([(STDOUT, b"line\nMY_TOKEN=SUPERSEC"), (STDOUT, b"\xe2\x82")])  # then the stream is cut
+    log.close()
+    assert path.read_bytes() == b"line\n"
+
+
+def test_resume_truncates_the_unrecorded_tail_and_skips_known_messages(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
     # The file has 3 lines but the last checkpoint only knew of 2: a crash came between write and checkpoint.
     path.write_text("l1\nl2\nl3\n")
-    fd = open_log(path)
-    pump = LogPump(fd, LogPosition(stdout=6, stderr=0, file_size=6))
-    # The container's log replays everything from the start.
-    pump.pump([(STDOUT, b"l1\nl2"), (STDOUT, b"\nl3\nl4\n")])
-    os.close(fd)
+    log = open_log(path)
+    pump = LogPump(log, LogPosition(stdout_messages=2, stderr_messages=0, file_size=6), live=False)
+    # The container's log replays everything from the start, one frame per message.
+    pump.pump([(STDOUT, b"l1\n"), (STDOUT, b"l2\n"), (STDOUT, b"l3\n"), (STDOUT, b"l4\n")])
+    pump.finish()
+    log.close()
     assert path.read_text() == "l1\nl2\nl3\nl4\n"
 
 
 def test_cap_writes_one_marker_and_drops_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
-    fd = open_log(path)
-    pump = LogPump(fd, LogPosition(), max_bytes=10)
+    log = open_log(path)
+    pump = LogPump(log, LogPosition(), live=True, max_bytes=10)
     pump.pump([(STDOUT, b"12345678\n")] * 5)
-    os.close(fd)
+    log.close()
     text = path.read_text()
     assert text.startswith("12345678\n1")
     assert text.count("further output dropped") == 1
@@ -76,7 +72,8 @@ def test_cap_writes_one_marker_and_drops_the_rest(tmp_path: Path) -> None:
 
 def test_secret_masked_in_file(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
-    fd = open_log(path)
-    LogPump(fd, LogPosition(), secrets=["tok-123456"]).pump([(STDOUT, b"token=tok-12"), (STDOUT, b"3456\n")])
-    os.close(fd)
+    log = open_log(path)
+    pump = LogPump(log, LogPosition(), live=True, secrets=["tok-123456"])
+    pump.pump([(STDOUT, b"token=tok-12"), (STDOUT, b"3456\n")])
+    log.close()
     assert path.read_text() == "token=***\n"

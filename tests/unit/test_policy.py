@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from worker_agent.config import Settings
-from worker_agent.executor import Mount
+from worker_agent.domain import Mount
 from worker_agent.payload import PayloadError, parse
 from worker_agent.policy import build_spec, secret_values
 
@@ -44,7 +44,7 @@ def test_legacy_payload_runs_the_worker_image_with_the_share_at_data(settings: S
     spec = spec_for(settings)
     assert spec.image == "registry.example/opeva/sim:1.0"
     assert spec.mounts == [Mount(str(shared), "/data")]
-    assert spec.labels == {"opeva.worker_id": "w1"}
+    assert spec.worker_id == "w1"
     assert (spec.privileged, spec.network_mode, spec.pid_mode) == (False, None, None)
 
 

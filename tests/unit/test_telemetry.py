@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker_agent import telemetry
+from worker_agent.ops import telemetry
 
 
 class FakeNvmlError(Exception):

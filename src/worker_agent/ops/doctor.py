@@ -10,18 +10,17 @@ import argparse
 import email.utils
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import docker
-import docker.errors
 import httpx
-import requests
 
-from worker_agent import __version__, config
+from worker_agent import config
+from worker_agent.backend.client import BackendClient, BackendError
+from worker_agent.executors.base import ExecutorError, ExecutorUnavailable
+from worker_agent.executors.docker import DockerExecutor
+from worker_agent.ops.telemetry import gpu_info
 from worker_agent.share import share_problem
-from worker_agent.telemetry import gpu_info
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 # Clock skew beyond this many seconds is worth a warning (the Date header has a 1 s resolution).
@@ -56,20 +55,14 @@ def check_configuration(args: argparse.Namespace | None) -> tuple[Check, config.
 
 
 def probe_backend(settings: config.Settings, transport: httpx.BaseTransport | None = None) -> _Probe:
-    """GET /status/<random id>: needs no job and sends no heartbeat; a healthy backend answers 404."""
-    headers = {"User-Agent": f"job-worker-agent/{__version__} (doctor)"}
-    if settings.token:
-        headers["Authorization"] = f"Bearer {settings.token}"
-    verify: bool | str = settings.tls_verify
-    if settings.ca_bundle and settings.tls_verify:
-        verify = str(settings.ca_bundle)
-    with httpx.Client(
-        base_url=settings.server, timeout=settings.http_timeout, headers=headers, verify=verify, transport=transport
-    ) as client:
+    """One harmless request through the worker's own backend client (same URL, token and TLS settings)."""
+    client = BackendClient.for_settings(settings, transport)
+    try:
         sent_at = time.time()
-        response = client.get(f"/status/doctor-{uuid.uuid4().hex[:12]}")
-        received_at = time.time()
-    return _Probe(response.status_code, response.headers.get("date"), sent_at, received_at)
+        status, date = client.probe()
+        return _Probe(status, date, sent_at, time.time())
+    finally:
+        client.close()
 
 
 def check_backend(settings: config.Settings, probe: _Probe | Exception) -> Check:
@@ -77,7 +70,7 @@ def check_backend(settings: config.Settings, probe: _Probe | Exception) -> Check
         return Check(
             "backend",
             FAIL,
-            f"cannot reach {settings.server}: {type(probe).__name__}: {probe}",
+            f"cannot reach {settings.server}: {probe}",
             "start the backend, or correct OPEVA_SERVER (and OPEVA_CA_BUNDLE / OPEVA_TLS_VERIFY for https)",
         )
     if probe.status in (401, 403):
@@ -116,41 +109,40 @@ def check_clock(probe: _Probe | Exception) -> Check:
     return Check("clock", OK, f"within {MAX_SKEW_SECONDS:g}s of the backend (skew {skew:+.1f}s)")
 
 
-def connect_docker(settings: config.Settings) -> tuple[Check, docker.DockerClient | None]:
+def connect_docker(settings: config.Settings) -> tuple[Check, DockerExecutor | None]:
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    executor = DockerExecutor(settings.image_pull_policy, timeout=settings.http_timeout)
     try:
-        client = docker.from_env(timeout=int(settings.http_timeout))
-        version = client.version()
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        version = executor.ping()
+    except ExecutorUnavailable as exc:
         return Check(
             "docker",
             FAIL,
             f"no Docker engine at {where}: {exc}",
             "start dockerd, correct DOCKER_HOST, or give this user access to the socket (docker group)",
         ), None
-    detail = f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')}) at {where}"
-    return Check("docker", OK, detail), client
+    return Check("docker", OK, f"Docker {version} at {where}"), executor
 
 
-def check_image(settings: config.Settings, client: docker.DockerClient | None) -> Check:
+def check_image(settings: config.Settings, executor: DockerExecutor | None) -> Check:
     image, policy = settings.image, settings.image_pull_policy
-    if client is None:
+    if executor is None:
         return Check("image", SKIP, f"{image}: needs Docker")
     try:
-        found = client.images.get(image)
-    except docker.errors.ImageNotFound:
-        if policy == "never":
-            return Check(
-                "image",
-                FAIL,
-                f"{image} is not present and IMAGE_PULL_POLICY=never",
-                f"docker pull {image} (or docker load it), or set IMAGE_PULL_POLICY=if-not-present",
-            )
-        return Check("image", WARN, f"{image} is not present: pulled at the first job (IMAGE_PULL_POLICY={policy})")
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        present = executor.has_image(image)
+    except (ExecutorError, ExecutorUnavailable) as exc:
         return Check("image", FAIL, f"{image}: cannot inspect: {exc}", "check the Docker engine")
+    if not present and policy == "never":
+        return Check(
+            "image",
+            FAIL,
+            f"{image} is not present and IMAGE_PULL_POLICY=never",
+            f"docker pull {image} (or docker load it), or set IMAGE_PULL_POLICY=if-not-present",
+        )
+    if not present:
+        return Check("image", WARN, f"{image} is not present: pulled at the first job (IMAGE_PULL_POLICY={policy})")
     pulled = "; pulled again before each job" if policy == "always" else ""
-    return Check("image", OK, f"{image} present ({found.short_id}){pulled}")
+    return Check("image", OK, f"{image} present{pulled}")
 
 
 def check_gpus(settings: config.Settings, gpus: Callable[[], list[dict[str, object]] | None] = gpu_info) -> Check:
@@ -206,13 +198,11 @@ def run_checks(args: argparse.Namespace | None) -> list[Check]:
     probe: _Probe | Exception
     try:
         probe = probe_backend(settings)
-    except httpx.HTTPError as exc:
+    except (BackendError, config.ConfigError) as exc:
         probe = exc
     checks += [check_backend(settings, probe), check_clock(probe)]
-    docker_check, client = connect_docker(settings)
-    checks += [docker_check, check_image(settings, client), check_gpus(settings)]
-    if client is not None:
-        client.close()
+    docker_check, executor = connect_docker(settings)
+    checks += [docker_check, check_image(settings, executor), check_gpus(settings)]
     checks += [check_share(settings), check_state_dir(settings)]
     return checks
 

@@ -1,17 +1,21 @@
-"""The HTTP client for the OPEVA backend's agent API (CONTRACT.md)."""
+"""The HTTP client for the OPEVA backend's agent API (docs/contract.md)."""
 
 from __future__ import annotations
 
 import json
 import ssl
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
 from typing import Any
 
 import httpx
 
-from worker_agent import __version__, defaults, metrics
-from worker_agent.config import ConfigError
+from worker_agent import __version__, defaults
+from worker_agent.config import ConfigError, Settings
+from worker_agent.domain import Status, StatusUpdate
+from worker_agent.ops import metrics
+
+_KNOWN_STATUSES = frozenset(status.value for status in Status)
 
 
 class BackendError(Exception):
@@ -24,25 +28,6 @@ class Conflict(BackendError):
 
 class UnknownJob(BackendError):
     """404: the backend does not know the job."""
-
-
-TERMINAL = frozenset({"finished", "failed", "stopped", "canceled"})
-STOPPING = frozenset({"stop_requested", "stopped", "canceled"})
-
-
-@dataclass(frozen=True)
-class StatusUpdate:
-    job_id: str
-    status: str
-    container_id: str | None = None
-    container_name: str | None = None
-    exit_code: int | None = None
-    error: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def body(self, worker_id: str) -> dict[str, Any]:
-        fields = {key: value for key, value in asdict(self).items() if value not in (None, {})}
-        return {**fields, "worker_id": worker_id}
 
 
 class BackendClient:
@@ -69,6 +54,16 @@ class BackendClient:
             base_url=server, timeout=timeout, headers=headers, verify=_tls(verify), transport=transport
         )
 
+    @classmethod
+    def for_settings(cls, settings: Settings, transport: httpx.BaseTransport | None = None) -> BackendClient:
+        """The client the worker and `doctor` both use: server, token, timeout and TLS from the settings."""
+        verify: bool | str = settings.tls_verify
+        if settings.ca_bundle and settings.tls_verify:
+            verify = str(settings.ca_bundle)
+        return cls(
+            settings.server, settings.worker_id, settings.http_timeout, settings.token, verify, transport=transport
+        )
+
     def close(self) -> None:
         self._http.close()
 
@@ -88,7 +83,7 @@ class BackendClient:
     def heartbeat(self, info: dict[str, Any]) -> None:
         self._call("POST", "/api/agent/heartbeat", {"worker_id": self.worker_id, "info": info})
 
-    def job_status(self, job_id: str) -> str | None:
+    def job_status(self, job_id: str) -> Status | None:
         """The job's status on the backend, or None when the backend does not know the job."""
         try:
             _, body = self._call("GET", f"/status/{job_id}")
@@ -96,9 +91,17 @@ class BackendClient:
             return None
         answer = _decode(body)
         status = answer.get("status") if isinstance(answer, dict) else None
-        if not isinstance(status, str):
-            raise BackendError(f"GET /status/{job_id}: answer has no status")
-        return status
+        if not isinstance(status, str) or status not in _KNOWN_STATUSES:
+            raise BackendError(f"GET /status/{job_id}: answer has no known status: {str(status)[:40]!r}")
+        return Status(status)
+
+    def probe(self) -> tuple[int, str | None]:
+        """GET /status/<random id>: needs no job and changes nothing; (HTTP status, Date header). For doctor."""
+        try:
+            response = self._http.get(f"/status/doctor-{uuid.uuid4().hex[:12]}")
+        except httpx.HTTPError as exc:
+            raise BackendError(f"GET /status: {type(exc).__name__}: {exc}") from None
+        return response.status_code, response.headers.get("date")
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         try:

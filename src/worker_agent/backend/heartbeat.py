@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from worker_agent import metrics
-from worker_agent.backend import BackendClient, BackendError
-from worker_agent.retry import Outage
+from worker_agent.backend.client import BackendClient, BackendError
+from worker_agent.backoff import Outage
+from worker_agent.health import Health, keep_running
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, backend: BackendClient, interval: float, info: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, backend: BackendClient, interval: float, info: Callable[[], dict[str, Any]], health: Health
+    ) -> None:
         self._backend = backend
         self._interval = interval
         self._info = info
+        self._health = health
         self._outage = Outage("backend (heartbeat)", log)
-        self.last_success: float | None = None
         self._wake = threading.Event()
 
     def beat_now(self) -> None:
@@ -29,18 +30,17 @@ class Heartbeat:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.send()
-                delay = self._interval
-            except BackendError as exc:
-                delay = min(self._interval, self._outage.failed(exc))
-            self._wake.wait(delay)
-            self._wake.clear()
+        keep_running("heartbeat", self._turn, stop, self._health, log, wake=self._wake)
+
+    def _turn(self) -> float:
+        try:
+            self.send()
+        except BackendError as exc:
+            return min(self._interval, self._outage.failed(exc))
+        return self._interval
 
     def send(self) -> None:
         """One heartbeat; raises BackendError when the backend did not acknowledge it."""
         self._backend.heartbeat(self._info())
         self._outage.succeeded()
-        self.last_success = time.time()
-        metrics.LAST_HEARTBEAT.set(self.last_success)
+        self._health.heartbeat_acknowledged()

@@ -17,3 +17,8 @@ LAST_HEARTBEAT = Gauge("opeva_worker_last_heartbeat_timestamp_seconds", "Unix ti
 OUTBOX_DEPTH = Gauge("opeva_worker_outbox_depth", "Status updates recorded but not yet acknowledged by the backend.")
 DOCKER_UP = Gauge("opeva_worker_docker_up", "1 when the Docker engine answered the last check.")
 SHARE_HEALTHY = Gauge("opeva_worker_share_healthy", "1 when the shared directory passed the last check.")
+ACTIVE_JOBS = Gauge("opeva_worker_active_jobs", "Jobs this worker supervises now (one per busy slot).")
+SLOTS = Gauge("opeva_worker_slots", "Jobs this worker may supervise at once (WORKER_MAX_ACTIVE_JOBS).")
+THREAD_FAILURES = Counter(
+    "opeva_worker_thread_failures", "Unexpected errors caught in a background thread, which then went on.", ["thread"]
+)

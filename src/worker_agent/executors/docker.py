@@ -15,7 +15,8 @@ import requests
 from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
-from worker_agent.executor import ExecutorUnavailable, JobHandle, JobSpec, StartError
+from worker_agent.domain import JobHandle, JobSpec
+from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +27,15 @@ _HEADER = struct.Struct(">BxxxL")
 _READ_SIZE = 256 * 1024
 
 
-class JobLost(StartError):
-    """The job's container no longer exists."""
-
-
 @contextlib.contextmanager
 def _engine(action: str) -> Iterator[None]:
-    """Turn 'cannot reach dockerd' into ExecutorUnavailable and API refusals into StartError."""
+    """Turn 'cannot reach dockerd' into ExecutorUnavailable and API refusals into ExecutorError."""
     try:
         yield
     except docker.errors.NotFound as exc:
         raise JobLost(f"{action}: {exc.explanation or exc}") from None
     except docker.errors.APIError as exc:
-        raise StartError(f"{action}: {exc.explanation or exc}") from None
+        raise ExecutorError(f"{action}: {exc.explanation or exc}") from None
     except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
         raise ExecutorUnavailable(f"{action}: Docker unreachable: {exc}") from None
 
@@ -92,7 +89,7 @@ class DockerExecutor:
         self._ensure_image(spec.image, progress)
         try:
             return self._start(spec)
-        except StartError as exc:
+        except ExecutorError as exc:
             if not spec.gpus:
                 raise
             # A host without the NVIDIA runtime refuses GPU requests: run the job on the CPU instead.
@@ -100,7 +97,7 @@ class DockerExecutor:
             return self._start(dataclasses.replace(spec, gpus=None))
 
     def _start(self, spec: JobSpec) -> JobHandle:
-        labels = {**spec.labels, LABEL_JOB: spec.job_id, LABEL_MANAGED: "job-worker-agent"}
+        labels = {LABEL_WORKER: spec.worker_id, LABEL_JOB: spec.job_id, LABEL_MANAGED: "job-worker-agent"}
         mounts = [
             DockerMount(target=m.container, source=m.host, type="bind", read_only=m.read_only) for m in spec.mounts
         ]
@@ -133,11 +130,15 @@ class DockerExecutor:
             self._attached[job.ref] = self._attach(job.ref)
             with _engine(f"start container {spec.name}"):
                 self._api.start(job.ref)
-        except (StartError, ExecutorUnavailable):
-            with contextlib.suppress(StartError, ExecutorUnavailable):
+        except (ExecutorError, ExecutorUnavailable):
+            with contextlib.suppress(ExecutorError, ExecutorUnavailable):
                 self.remove(job)  # also closes the attach stream
             raise
         return job
+
+    def start_created(self, job: JobHandle) -> None:
+        with _engine(f"start container {job.name}"):
+            self._api.start(job.ref)
 
     def output(self, job: JobHandle, from_start: bool, follow: bool = True) -> Iterator[tuple[int, bytes]]:
         response = None if from_start else self._attached.pop(job.ref, None)
@@ -156,7 +157,10 @@ class DockerExecutor:
     def exit_code(self, job: JobHandle) -> int | None:
         with _engine(f"inspect {job.name}"):
             state = self._api.inspect_container(job.ref)["State"]
-        if state.get("Running") or state.get("Status") in ("created", "restarting"):
+        if state.get("Status") == "created":
+            # Never started: it would never exit either (re-adoption starts or removes such containers).
+            raise ExecutorError(f"container {job.name} was created but never started")
+        if state.get("Running") or state.get("Status") == "restarting":
             return None
         return int(state.get("ExitCode", -1))
 
@@ -176,13 +180,15 @@ class DockerExecutor:
             handles = []
             for item in found:
                 labels = item.get("Labels") or {}
-                env = self._api.inspect_container(item["Id"])["Config"].get("Env") or []
+                details = self._api.inspect_container(item["Id"])
+                env = details["Config"].get("Env") or []
                 handles.append(
                     JobHandle(
                         labels.get(LABEL_JOB, ""),
                         item["Id"],
                         (item.get("Names") or ["/" + item["Id"][:12]])[0].lstrip("/"),
                         dict(entry.split("=", 1) for entry in env if "=" in entry),
+                        started=details["State"].get("Status") != "created",
                     )
                 )
         return [handle for handle in handles if handle.job_id]
@@ -190,10 +196,10 @@ class DockerExecutor:
     # --- helpers ---
 
     def _ensure_image(self, image: str, progress: Callable[[str], None]) -> None:
-        if self._pull_policy != "always" and self._has_image(image):
+        if self._pull_policy != "always" and self.has_image(image):
             return
         if self._pull_policy == "never":
-            raise StartError(f"image {image} is not present and IMAGE_PULL_POLICY=never")
+            raise ExecutorError(f"image {image} is not present and IMAGE_PULL_POLICY=never")
         progress(f"pulling image {image}")
         repository, tag = _split_reference(image)
         try:
@@ -201,18 +207,19 @@ class DockerExecutor:
                 last = ""
                 for event in self._api.pull(repository, tag=tag, stream=True, decode=True):
                     if "error" in event:
-                        raise StartError(f"image {image} could not be pulled: {event['error']}")
+                        raise ExecutorError(f"image {image} could not be pulled: {event['error']}")
                     line = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
                     if line and line != last and "progress" not in event:
                         progress(line)
                         last = line
-        except StartError as exc:
-            if self._pull_policy == "always" and self._has_image(image):
+        except ExecutorError as exc:
+            if self._pull_policy == "always" and self.has_image(image):
                 progress(f"pull failed ({exc}); using the local copy of {image}")
                 return
-            raise StartError(f"image {image} is not available: {exc}") from None
+            raise ExecutorError(f"image {image} is not available: {exc}") from None
 
-    def _has_image(self, image: str) -> bool:
+    def has_image(self, image: str) -> bool:
+        """Whether the engine holds the image; raises ExecutorUnavailable when it cannot be asked."""
         try:
             with _engine(f"inspect image {image}"):
                 self._api.inspect_image(image)

@@ -4,58 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 # Problems that keep the worker from taking jobs; empty when it is ready.
 Readiness = Callable[[], list[str]]
-# The backend counts as reached recently when the last heartbeat was acknowledged within this many intervals.
-HEARTBEAT_INTERVALS = 3
-
-
-class _Heartbeat(Protocol):
-    @property
-    def last_success(self) -> float | None: ...
-
-
-class _Settings(Protocol):
-    @property
-    def heartbeat_interval(self) -> float: ...
-
-
-class WorkerView(Protocol):
-    """What readiness reads of a Worker (worker.Worker has all of it)."""
-
-    @property
-    def docker_version(self) -> str | None: ...
-    @property
-    def share_problem(self) -> str | None: ...
-    @property
-    def heartbeat(self) -> _Heartbeat: ...
-    @property
-    def settings(self) -> _Settings: ...
-
-
-def worker_readiness(worker: WorkerView, clock: Callable[[], float] = time.time) -> Readiness:
-    def problems() -> list[str]:
-        found = []
-        if worker.docker_version is None:
-            found.append("Docker is not reachable")
-        if worker.share_problem is not None:
-            found.append(f"shared directory: {worker.share_problem}")
-        last = worker.heartbeat.last_success
-        window = HEARTBEAT_INTERVALS * worker.settings.heartbeat_interval
-        if last is None:
-            found.append("no heartbeat acknowledged by the backend yet")
-        elif clock() - last > window:
-            found.append(f"no heartbeat acknowledged by the backend for {clock() - last:.0f}s (limit {window:g}s)")
-        return found
-
-    return problems
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -8,10 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker_agent import metrics
-from worker_agent.backend import STOPPING, BackendClient, BackendError, Conflict, StatusUpdate, UnknownJob
-from worker_agent.retry import Outage
-from worker_agent.state import Outbox
+from worker_agent.backend.client import BackendClient, BackendError, Conflict, UnknownJob
+from worker_agent.backoff import Outage
+from worker_agent.domain import STOPPING, Status, StatusUpdate
+from worker_agent.health import Health, keep_running
+from worker_agent.ops import metrics
+from worker_agent.state.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +23,12 @@ class Reporter:
         self,
         backend: BackendClient,
         outbox: Outbox,
+        health: Health,
         on_stop_seen: Callable[[str], None] = lambda job_id: None,
     ) -> None:
         self._backend = backend
         self._outbox = outbox
+        self._health = health
         self._on_stop_seen = on_stop_seen
         self._outage = Outage("backend (status delivery)", log)
 
@@ -45,21 +49,23 @@ class Reporter:
 
     def run(self, stop: threading.Event) -> None:
         """Delivery loop: oldest first, so a job's `running` always precedes its terminal status."""
-        while not stop.is_set():
-            self._outbox.changed.clear()
-            item = self._outbox.peek()
-            if item is None:
-                self._outbox.changed.wait(1.0)
-                continue
-            path, update = item
-            try:
-                self._deliver(update)
-            except BackendError as exc:
-                stop.wait(self._outage.failed(exc))
-                continue
-            self._outage.succeeded()
-            self._outbox.done(path)
-            metrics.OUTBOX_DEPTH.set(self._outbox.depth())
+        keep_running("reporter", self._turn, stop, self._health, log)
+
+    def _turn(self) -> float:
+        self._outbox.changed.clear()
+        item = self._outbox.peek()
+        if item is None:
+            self._outbox.changed.wait(1.0)
+            return 0
+        path, update = item
+        try:
+            self._deliver(update)
+        except BackendError as exc:
+            return self._outage.failed(exc)
+        self._outage.succeeded()
+        self._outbox.done(path)
+        metrics.OUTBOX_DEPTH.set(self._outbox.depth())
+        return 0
 
     def _deliver(self, update: StatusUpdate) -> None:
         try:
@@ -74,11 +80,11 @@ class Reporter:
         current = self._backend.job_status(update.job_id)
         if current is None or current == update.status:
             return
-        if current == "stop_requested" and update.status in ("finished", "failed"):
+        if current == Status.STOP_REQUESTED and update.status in (Status.FINISHED, Status.FAILED):
             # stop_requested -> finished is not allowed: a job that ended after a stop request is stopped.
-            self._deliver(dataclasses.replace(update, status="stopped"))
+            self._deliver(dataclasses.replace(update, status=Status.STOPPED))
             return
-        if update.status == "running" and current in STOPPING:
+        if update.status == Status.RUNNING and current in STOPPING:
             self._on_stop_seen(update.job_id)
             return
         log.warning(

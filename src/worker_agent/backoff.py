@@ -17,15 +17,16 @@ class Outage:
         self,
         what: str,
         logger: logging.Logger,
-        initial: float = defaults.BACKOFF_INITIAL_SECONDS,
-        maximum: float = defaults.BACKOFF_MAX_SECONDS,
+        initial: float | None = None,
+        maximum: float | None = None,
         jitter: Callable[[], float] = random.random,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.what = what
         self._logger = logger
-        self._initial = initial
-        self._maximum = maximum
+        # Read at run time, not import time, so that the fast tests can shrink them.
+        self._initial = defaults.BACKOFF_INITIAL_SECONDS if initial is None else initial
+        self._maximum = defaults.BACKOFF_MAX_SECONDS if maximum is None else maximum
         self._jitter = jitter
         self._failures = 0
         self._extra = extra  # e.g. {"job_id": ...}: the outage lines of a job carry its id

@@ -1,0 +1,1 @@
+"""Whatever runs jobs: the interface (base) and its implementations (docker, next slurm)."""

@@ -1,0 +1,388 @@
+"""One job's whole life in its slot: accept -> start -> supervise -> finish (or detach for the next worker start).
+
+A JobRun owns its job log (opened once, closed when the run ends) and the pump thread that fills it; it
+reads the backend's view of the job, stops the job through one path (`stop`, with a typed reason), and
+reports the end through the reporter's durable outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker_agent.backend.client import BackendClient, BackendError, Conflict
+from worker_agent.backend.reporter import Reporter
+from worker_agent.backoff import Outage
+from worker_agent.config import Settings
+from worker_agent.domain import STOPPING, TERMINAL, JobHandle, JobRecord, LogPosition, Status, StatusUpdate, StopReason
+from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable
+from worker_agent.health import Health
+from worker_agent.logs.jobfiles import JobLog
+from worker_agent.logs.pump import LogPump
+from worker_agent.ops import metrics
+from worker_agent.payload import JobPayload, PayloadError
+from worker_agent.policy import build_spec, secret_values
+from worker_agent.state.store import StateDir
+
+log = logging.getLogger(__name__)
+
+# How often the supervision loop looks at the job when nothing else is due.
+_TICK_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job needs from the worker, and nothing more."""
+
+    settings: Settings
+    executor: Executor
+    backend: BackendClient
+    reporter: Reporter
+    state: StateDir
+    health: Health
+    shutdown: threading.Event  # SIGTERM/SIGINT: detach (or stop, with WORKER_STOP_JOB_ON_EXIT) and leave
+    clock: Callable[[], float] = time.time  # wall time: JOB_TIMEOUT counts from the job's start across restarts
+
+
+@dataclass
+class _PumpState:
+    live: bool  # reading the attach stream opened before the container started
+    follow: bool  # reading the container's log and following it
+    ended: threading.Event = field(default_factory=threading.Event)
+    clean: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """A clean end that proves every byte was read once the container has exited.
+
+        A *followed* log read is not proof: dockerd stops following when the container exits,
+        however far behind the reader is (seen with dockerd 20.10 after a worker restart mid-flood).
+        """
+        return self.clean and (self.live or not self.follow)
+
+
+class JobRun:
+    def __init__(self, ctx: JobContext, job_id: str) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.accepted_at = ctx.clock()
+        self.handle: JobHandle | None = None
+        self.record: JobRecord | None = None
+        self.status: Status | None = None  # the last status this run reported
+        self._log: JobLog | None = None
+        self._adopted = False
+        self._stop_reason: StopReason | None = None
+        self._stop_sent = False
+        self._fail_reason: str | None = None  # the container vanished under the job
+        self._check_now = threading.Event()
+        self._wake = threading.Event()  # the pump ended, a status check is due at once, or the worker stops
+        self._executor_outage = Outage("executor", log, extra={"job_id": job_id})
+        self._executor_trouble = False
+        self._pump_state = _PumpState(live=True, follow=True)
+        self._pump: LogPump | None = None
+
+    @property
+    def _extra(self) -> dict[str, str]:
+        return {"job_id": self.job_id}
+
+    # --- the two ways a job comes to a slot ---
+
+    def run_new(self, payload: JobPayload) -> Status | None:
+        """Start the payload's job and supervise it to its end; the status reported last, None if none."""
+        try:
+            spec = build_spec(payload, self.ctx.settings)
+        except PayloadError as exc:
+            return self._fail_unstarted(f"invalid_payload: {exc.reason}")
+        try:
+            self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
+        except OSError as exc:
+            return self._fail_unstarted(f"cannot write the job log: {exc}")
+        try:
+            try:
+                self.handle = self.ctx.executor.start(spec, progress=self._note)
+                log_size = self._log.size()
+            except (ExecutorError, ExecutorUnavailable) as exc:
+                self._note(f"job could not start: {exc}")
+                return self._fail_unstarted(str(exc))
+            self.record = JobRecord(self.job_id, self.handle.ref, self.handle.name, LogPosition(file_size=log_size))
+            self.ctx.state.save_job(self.record)
+            self._report(Status.RUNNING)
+            return self._supervise()
+        finally:
+            self._log.close()
+
+    def run_adopted(self, handle: JobHandle) -> Status | None:
+        """Supervise a job this worker started before it restarted, catching its log up first."""
+        self.handle, self._adopted = handle, True
+        record = self.ctx.state.load_job(handle.job_id)
+        if record is None or record.container_id != handle.ref:
+            record = JobRecord(handle.job_id, handle.ref, handle.name)
+        self.record = record
+        log.info("re-adopting job %s (container %s)", self.job_id, handle.name, extra=self._extra)
+        try:
+            self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
+        except OSError as exc:
+            return self._log_unwritable(exc)
+        try:
+            if not handle.started and not self._start_created():
+                return self.status
+            return self._supervise()
+        finally:
+            self._log.close()
+
+    def _start_created(self) -> bool:
+        """A container created but never started (the worker or dockerd was interrupted in between).
+
+        Started when its job is still this worker's, else removed; False when it was removed.
+        """
+        assert self.handle is not None
+        status: Status | None = Status.RUNNING  # if the backend cannot be asked now: run it, the checks stop it
+        try:
+            status = self.ctx.backend.job_status(self.job_id)
+        except BackendError as exc:
+            log.debug("status check failed: %s", exc, extra=self._extra)
+        if status in (Status.DISPATCHED, Status.SETUP, Status.RUNNING):
+            self._note("the container had been created but not started; starting it now")
+            try:
+                self.ctx.executor.start_created(self.handle)
+                self._report(Status.RUNNING)
+                return True
+            except (ExecutorError, ExecutorUnavailable) as exc:
+                self._note(f"job could not start: {exc}")
+                self._remove()
+                self._fail_unstarted(f"the container could not be started: {exc}")
+                return False
+        log.warning("job %s: never started and the backend has it as %s; removing it", self.job_id, status)
+        self._remove()
+        if status == Status.STOP_REQUESTED:
+            self._report(Status.STOPPED, error="stopped before it started")
+        self.ctx.state.forget_job(self.job_id)
+        return False
+
+    # --- asked from other threads ---
+
+    def check_status_now(self) -> None:
+        """The backend answered 409 to `running`: look at the job's status at once."""
+        self._check_now.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the worker's shutdown flag now rather than at the next tick."""
+        self._wake.set()
+
+    def summary(self) -> dict[str, Any]:
+        """This job as the heartbeat lists it."""
+        return {
+            "job_id": self.job_id,
+            "status": str(self.status or Status.SETUP),
+            "started_at": self.record.started_at if self.record else self.accepted_at,
+            "container_name": self.handle.name if self.handle else None,
+        }
+
+    # --- the one way the worker ends a job ---
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop the job (SIGTERM, SIGKILL after the grace period); the first reason decides what is reported."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.info("job %s: stopping it (%s)", self.job_id, reason, extra=self._extra)
+        if self._stop_sent or self.handle is None:
+            return
+        try:
+            self.ctx.executor.stop(self.handle, self.ctx.settings.stop_grace_period)
+            self._stop_sent = True
+        except ExecutorUnavailable as exc:
+            self._executor_lost(exc)
+        except ExecutorError as exc:
+            log.warning("stopping job %s: %s", self.job_id, exc, extra=self._extra)
+
+    # --- supervision ---
+
+    def _supervise(self) -> Status | None:
+        metrics.JOBS_STARTED.inc()
+        try:
+            # A re-adopted job catches up from the container's own log, skipping what the file already has.
+            self._start_pump(from_start=self._adopted)
+            return self._watch()
+        except OSError as exc:
+            return self._log_unwritable(exc)
+
+    def _watch(self) -> Status | None:
+        settings = self.ctx.settings
+        next_status_poll = time.monotonic() + (0 if self._adopted else settings.status_poll_interval)
+        next_refresh = time.monotonic() + settings.running_refresh_interval
+        tick = min(_TICK_SECONDS, settings.status_poll_interval)
+        while True:
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._pump_state.ended.is_set():
+                code = self._settle()
+                if code is not None:
+                    return self._finish(code)
+            if self.ctx.shutdown.is_set():
+                if not settings.stop_job_on_exit:
+                    log.info("job %s left running for the next worker start", self.job_id, extra=self._extra)
+                    return None
+                self.stop(StopReason.SHUTDOWN)
+            now = time.monotonic()
+            if self._check_now.is_set() or now >= next_status_poll:
+                self._check_now.clear()
+                next_status_poll = now + settings.status_poll_interval
+                self._check_backend()
+            if now >= next_refresh:
+                next_refresh = now + settings.running_refresh_interval
+                self._refresh_running()
+            self._check_timeout()
+
+    def _check_backend(self) -> None:
+        try:
+            status = self.ctx.backend.job_status(self.job_id)
+        except BackendError as exc:
+            log.debug("status check failed: %s", exc, extra=self._extra)
+            return
+        if status in STOPPING:
+            self.stop(StopReason.CANCELED if status == Status.CANCELED else StopReason.REQUESTED)
+        elif status is None or status in TERMINAL or status == Status.QUEUED:
+            # The backend has given up on this job (or never knew it): running it on helps no one.
+            log.warning("job %s: backend has it as %s", self.job_id, status, extra=self._extra)
+            self.stop(StopReason.LOST_OWNERSHIP)
+
+    def _refresh_running(self) -> None:
+        if self._stop_reason is not None:
+            return
+        try:
+            self.ctx.backend.send_status(self._update(Status.RUNNING))
+        except Conflict:
+            self.check_status_now()
+        except BackendError as exc:
+            log.debug("running refresh failed: %s", exc, extra=self._extra)
+
+    def _check_timeout(self) -> None:
+        # Wall time since the job started, so a re-adopted job keeps its original deadline.
+        limit = self.ctx.settings.job_timeout
+        if limit and self.record and self.ctx.clock() - self.record.started_at >= limit and not self._stop_reason:
+            log.warning("job %s hit JOB_TIMEOUT", self.job_id, extra=self._extra)
+            self.stop(StopReason.TIMEOUT)
+
+    # --- the end of the job ---
+
+    def _settle(self) -> int | None:
+        """The pump has ended: return the exit code once every byte is in the log, else resume pumping."""
+        assert self.handle is not None
+        try:
+            code = self.ctx.executor.exit_code(self.handle)
+        except ExecutorUnavailable as exc:
+            self.ctx.shutdown.wait(min(self._executor_lost(exc), self.ctx.settings.status_poll_interval))
+            return None
+        except ExecutorError as exc:
+            log.error("job %s: %s", self.job_id, exc, extra=self._extra)
+            self._fail_reason = f"container lost: {exc}"
+            return -1
+        if self._executor_outage.down:
+            self._executor_outage.succeeded()
+        if code is not None and self._pump_state.complete and not self._executor_trouble:
+            assert self._pump is not None
+            self._pump.finish()  # only now: a stream that was merely cut holds its tail for the next pump
+            return code
+        # Catch up from the container's own log, where the file stopped: following it while the job
+        # runs, and once it has exited with one read to the end of its log.
+        self._executor_trouble = False
+        self._start_pump(from_start=True, follow=code is None)
+        return None
+
+    def _finish(self, code: int) -> Status | None:
+        assert self.handle is not None
+        if self._stop_reason is not None:
+            status, error = self._stop_reason.status, self._stop_reason.error
+        elif self._fail_reason is not None:
+            status, error = Status.FAILED, self._fail_reason
+        else:
+            status, error = (Status.FINISHED if code == 0 else Status.FAILED), None
+        if status is not None:
+            self._report(status, exit_code=code, error=error)
+        log.info("job %s ended: exit code %s, %s", self.job_id, code, status or "not reported", extra=self._extra)
+        self._remove()
+        self.ctx.state.forget_job(self.job_id)
+        metrics.JOBS_ENDED.labels(str(status or "abandoned")).inc()
+        if self.record is not None:
+            metrics.JOB_DURATION.observe(max(0.0, self.ctx.clock() - self.record.started_at))
+        return status
+
+    def _fail_unstarted(self, error: str) -> Status:
+        log.error("job %s failed to start: %s", self.job_id, error, extra=self._extra)
+        self._report(Status.FAILED, error=error)
+        return Status.FAILED
+
+    def _log_unwritable(self, exc: OSError) -> Status:
+        # The job log cannot be written (share gone, or a symlink planted): do not run the job blind.
+        log.error("job %s: cannot write its log: %s", self.job_id, exc, extra=self._extra)
+        if self.handle is not None:
+            try:
+                self.ctx.executor.stop(self.handle, self.ctx.settings.stop_grace_period)
+            except (ExecutorError, ExecutorUnavailable) as error:
+                log.warning("stopping job %s: %s", self.job_id, error, extra=self._extra)
+        self._report(Status.FAILED, error=f"cannot write the job log: {exc}")
+        return Status.FAILED
+
+    def _remove(self) -> None:
+        assert self.handle is not None
+        try:
+            self.ctx.executor.remove(self.handle)
+        except (ExecutorError, ExecutorUnavailable) as exc:
+            log.warning("could not remove container %s: %s", self.handle.name, exc, extra=self._extra)
+
+    # --- helpers ---
+
+    def _start_pump(self, from_start: bool, follow: bool = True) -> None:
+        assert self.handle is not None and self.record is not None and self._log is not None
+        handle, executor = self.handle, self.ctx.executor
+        self._pump_state = state = _PumpState(live=not from_start, follow=follow)
+        self._pump = pump = LogPump(
+            self._log,
+            self.record.position,
+            live=not from_start,
+            secrets=secret_values(handle.env, self.ctx.settings),
+            max_bytes=self.ctx.settings.max_log_bytes,
+            on_checkpoint=self._save_position,
+        )
+
+        def run() -> None:
+            try:
+                pump.pump(executor.output(handle, from_start, follow))
+                state.clean = True
+            except (ExecutorUnavailable, ExecutorError, OSError) as exc:
+                log.warning("log stream of job %s broke: %s", self.job_id, exc, extra=self._extra)
+            finally:
+                state.ended.set()
+                self._wake.set()
+
+        threading.Thread(target=run, name=f"pump-{self.job_id}", daemon=True).start()
+
+    def _executor_lost(self, error: ExecutorUnavailable) -> float:
+        """The executor went away mid-job: say so in the heartbeat; the job's fate is settled when it is back."""
+        self._executor_trouble = True
+        self.ctx.health.executor_down(error)
+        return self._executor_outage.failed(error)
+
+    def _save_position(self, position: LogPosition) -> None:
+        assert self.record is not None
+        self.record.position = position
+        self.ctx.state.save_job(self.record)
+
+    def _note(self, line: str) -> None:
+        """A line from the worker itself (e.g. image pull progress), in both the worker log and the job log."""
+        log.info("job %s: %s", self.job_id, line, extra=self._extra)
+        if self._log is not None:
+            self._log.note(line)
+
+    def _report(self, status: Status, exit_code: int | None = None, error: str | None = None) -> None:
+        self.status = status
+        self.ctx.reporter.report(self._update(status, exit_code, error))
+
+    def _update(self, status: Status, exit_code: int | None = None, error: str | None = None) -> StatusUpdate:
+        ref, name = (self.handle.ref, self.handle.name) if self.handle else (None, None)
+        return StatusUpdate(self.job_id, status, ref, name, exit_code=exit_code, error=error)

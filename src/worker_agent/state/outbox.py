@@ -1,0 +1,54 @@
+"""The status outbox: every status update is on disk before the first send, and stays until acknowledged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from worker_agent.domain import StatusUpdate
+from worker_agent.state.atomic import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """A FIFO of status updates on disk: written before the first send, removed once acknowledged."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._lock = threading.Lock()
+        self._seq = max((int(p.name.split("-", 1)[0]) for p in self._entries()), default=0)
+        self.changed = threading.Event()
+
+    def _entries(self) -> list[Path]:
+        return sorted(p for p in self._folder.glob("*.json") if p.name.split("-", 1)[0].isdigit())
+
+    def put(self, update: StatusUpdate) -> None:
+        with self._lock:
+            self._seq += 1
+            write_json_atomic(self._folder / f"{self._seq:012d}-{update.job_id}.json", asdict(update))
+        self.changed.set()
+
+    def peek(self) -> tuple[Path, StatusUpdate] | None:
+        """The oldest update not yet acknowledged; raises OSError when it cannot be read now (retry later).
+
+        Only an entry that was read whole and does not parse is corrupt: it is moved aside (`*.corrupt`,
+        for a person to look at) so that it does not block the others. Nothing is ever deleted unsent.
+        """
+        for path in self._entries():
+            text = path.read_text(encoding="utf-8")
+            try:
+                return path, StatusUpdate(**json.loads(text))
+            except (ValueError, TypeError):
+                log.error("outbox entry %s is corrupt; moved aside to %s.corrupt", path.name, path.name)
+                path.replace(path.with_name(path.name + ".corrupt"))
+        return None
+
+    def done(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def depth(self) -> int:
+        return len(self._entries())

@@ -1,0 +1,163 @@
+"""The loop around the jobs: slots, drain, shutdown, re-adoption, outages, against the fast doubles."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import Rig
+from fakes import Script
+from harness import wait_for
+
+
+def test_never_more_jobs_at_once_than_slots_and_all_finish(rig: Rig) -> None:
+    rig.executor.default = Script(runs_until_stopped=True)
+    for index in range(10):
+        rig.backend.submit(f"j{index}")
+    rig.start(max_active_jobs=3)
+
+    for _ in range(4):  # finish whatever runs, three at a time, until the queue is empty
+        wait_for(lambda: len(rig.executor.running()) == min(3, 10 - _finished(rig)), 3, "slots filled")
+        for container in rig.executor.running():
+            rig.executor.exit(container.spec.job_id, 0)
+        if _finished(rig) == 10:
+            break
+    wait_for(lambda: _finished(rig) == 10, 5, "all finished")
+    assert rig.executor.max_running == 3
+
+
+def _finished(rig: Rig) -> int:
+    return sum(1 for job_id in rig.backend.jobs if rig.backend.status(job_id) == "finished")
+
+
+def test_a_stop_request_hits_only_its_job(rig: Rig) -> None:
+    rig.executor.default = Script(runs_until_stopped=True)
+    for job_id in ("a", "b", "c"):
+        rig.backend.submit(job_id)
+    rig.start(max_active_jobs=3)
+    for job_id in ("a", "b", "c"):
+        rig.wait_status(job_id, "running")
+
+    rig.backend.set_status("b", "stop_requested")
+
+    rig.wait_status("b", "stopped")
+    assert rig.backend.status("a") == rig.backend.status("c") == "running"
+    assert sorted(c.spec.job_id for c in rig.executor.running()) == ["a", "c"]
+
+
+def test_heartbeat_lists_every_active_job(rig: Rig) -> None:
+    rig.executor.default = Script(runs_until_stopped=True)
+    rig.backend.submit("a")
+    rig.backend.submit("b")
+    rig.start(max_active_jobs=2)
+    rig.wait_status("a", "running")
+    rig.wait_status("b", "running")
+
+    def both_running() -> dict[str, object] | None:
+        info = rig.backend.heartbeats[-1]
+        return info if [job["status"] for job in info["active_jobs"]] == ["running", "running"] else None
+
+    info = wait_for(both_running, 2, "a heartbeat with both jobs running")
+    assert sorted(info["active_job_ids"]) == ["a", "b"]  # type: ignore[call-overload]
+    assert info["max_active_jobs"] == 2 and info["active_job_count"] == 2
+    assert all(job["container_name"] and job["started_at"] for job in info["active_jobs"])
+
+
+def test_shutdown_detaches_every_job_and_the_next_start_readopts_them(rig: Rig) -> None:
+    rig.executor.default = Script(frames=[(1, b"before\n")], runs_until_stopped=True)
+    for job_id in ("a", "b", "c"):
+        rig.backend.submit(job_id)
+    worker = rig.start(max_active_jobs=3)
+    for job_id in ("a", "b", "c"):
+        rig.wait_status(job_id, "running")
+
+    worker.shutdown()
+    rig.wait_exit(timeout=5)
+    assert len(rig.executor.running()) == 3  # left running for the next start
+
+    for job_id in ("a", "b", "c"):
+        rig.executor.emit(job_id, 1, b"after\n")
+    rig.start()  # one slot: all three are taken back anyway
+    for job_id in ("a", "b", "c"):
+        wait_for(lambda job_id=job_id: rig.log(job_id).count(b"after\n") == 1, 3, "caught up")
+        rig.executor.exit(job_id, 0)
+    for job_id in ("a", "b", "c"):
+        rig.wait_status(job_id, "finished")
+        assert rig.log(job_id).endswith(b"before\nafter\n")
+        assert rig.log(job_id).count(b"before\n") == 1
+
+
+def test_more_owned_jobs_than_slots_take_no_new_job_until_below_the_limit(rig: Rig) -> None:
+    for job_id in ("old1", "old2"):
+        rig.backend.submit(job_id)
+        rig.backend.queue.remove(job_id)
+        rig.backend.set_status(job_id, "running")
+        rig.executor.adopt_existing(job_id, "w1")
+    rig.backend.submit("new")
+    rig.start(max_active_jobs=1)
+
+    wait_for(lambda: rig.worker is not None and len(rig.worker.heartbeat_info()["active_jobs"]) == 2, 2, "adopted")
+    rig.executor.exit("old1", 0)
+    rig.wait_status("old1", "finished")
+    assert rig.backend.status("new") == "queued"  # still one slot busy with old2
+    rig.executor.exit("old2", 0)
+    rig.wait_status("new", "finished")
+
+
+def test_drain_waits_for_the_jobs_in_hand_then_exits(rig: Rig) -> None:
+    rig.executor.default = Script(runs_until_stopped=True)
+    for job_id in ("a", "b", "c"):
+        rig.backend.submit(job_id)
+    worker = rig.start(max_active_jobs=2)
+    rig.wait_status("a", "running")
+    rig.wait_status("b", "running")
+
+    worker.drain()
+    rig.executor.exit("a", 0)
+    rig.wait_status("a", "finished")
+    assert rig.exit_code is None and rig.backend.status("c") == "queued"
+    rig.executor.exit("b", 1)
+    rig.wait_exit()
+    assert (rig.exit_code, rig.backend.status("b"), rig.backend.status("c")) == (0, "failed", "queued")
+
+
+def test_exit_after_job_takes_one_job_and_leaves_once_it_is_delivered(rig: Rig) -> None:
+    rig.backend.submit("a")
+    rig.backend.submit("b")
+    rig.start(exit_after_job=True, max_active_jobs=2)
+
+    rig.wait_exit()
+    assert (rig.backend.status("a"), rig.backend.status("b")) == ("finished", "queued")
+
+
+def test_no_job_is_taken_while_the_executor_is_down(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.executor.available = False
+    rig.backend.submit("a")
+    with caplog.at_level(logging.WARNING):
+        rig.start()
+        wait_for(lambda: len(rig.backend.heartbeats) >= 2, 2, "heartbeats")
+        info = rig.backend.heartbeats[-1]
+        assert info["docker_ok"] is False and rig.backend.status("a") == "queued"
+
+        rig.executor.available = True
+        rig.wait_status("a", "finished")
+    down_lines = [r for r in caplog.records if "unavailable" in r.getMessage() and "executor" in r.getMessage()]
+    assert len(down_lines) == 1  # logged once per outage, however many retries
+
+
+def test_a_backend_outage_is_waited_out_and_the_status_delivered(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.executor.default = Script(runs_until_stopped=True)
+    rig.backend.submit("a")
+    rig.start()
+    rig.wait_status("a", "running")
+
+    with caplog.at_level(logging.WARNING):
+        rig.backend.down = True
+        since = len(rig.backend.calls)
+        rig.executor.exit("a", 0)
+        tried = "POST /api/agent/job-status"
+        wait_for(lambda: rig.backend.calls[since:].count(tried) >= 3, 2, "the status retried during the outage")
+        rig.backend.down = False
+        rig.wait_status("a", "finished")
+    delivery = [r.getMessage() for r in caplog.records if "status delivery" in r.getMessage()]
+    assert len(delivery) == 2 and "unavailable" in delivery[0] and "is back" in delivery[1]
