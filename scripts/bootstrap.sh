@@ -42,7 +42,7 @@ if [ "$only" = venv ]; then
 fi
 
 # --- Debian packages ---------------------------------------------------------
-packages=${BOOTSTRAP_PACKAGES:-docker.io busybox-static shellcheck debootstrap docker-registry iproute2}
+packages=${BOOTSTRAP_PACKAGES:-docker.io busybox-static shellcheck debootstrap docker-registry iproute2 prometheus}
 missing=()
 for pkg in $packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

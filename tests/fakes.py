@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from worker_agent.domain import JobHandle, JobSpec
-from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost
+from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost, StartCancelled
 
 
 @dataclass
@@ -48,6 +48,7 @@ class FakeExecutor:
         self.default = Script()
         self.containers: dict[str, FakeContainer] = {}
         self.available = True
+        self.block_start = threading.Event()
         self.max_running = 0
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
@@ -91,8 +92,11 @@ class FakeExecutor:
             raise ExecutorUnavailable("fake executor down")
         return "fake-1.0"
 
-    def start(self, spec: JobSpec, progress: Callable[[str], None]) -> JobHandle:
+    def start(self, spec: JobSpec, progress: Callable[[str], None], cancel: threading.Event) -> JobHandle:
         self.ping()
+        if self.block_start.is_set():  # an image pull that takes as long as the worker lets it
+            cancel.wait()
+            raise StartCancelled("the worker is shutting down; pull abandoned")
         script = self.scripts.get(spec.job_id, self.default)
         if script.start_error:
             raise ExecutorError(script.start_error)
@@ -180,6 +184,7 @@ class FakeBackend:
         self.history: dict[str, list[str]] = {}
         self.heartbeats: list[dict[str, Any]] = []
         self.down = False
+        self.refused: dict[str, bool] = {}  # statuses this backend does not know, e.g. {"setup": True}
         self.calls: list[str] = []
         self._lock = threading.Lock()
 
@@ -240,10 +245,12 @@ class FakeBackend:
         if job is None:
             return httpx.Response(404, json={"detail": "unknown job"})
         current, wanted = job["status"], body["status"]
+        if self.refused.get(wanted):
+            return httpx.Response(409, json={"detail": f"{wanted} is not allowed here"})
         if wanted != current and wanted not in _ALLOWED.get(current, set()):
             return httpx.Response(409, json={"detail": f"{current} -> {wanted} not allowed"})
         if wanted != current:
             job["status"] = wanted
             self.history[job["job_id"]].append(wanted)
-        job.update({k: v for k, v in body.items() if k in ("exit_code", "error")})
+        job.update({k: v for k, v in body.items() if k in ("exit_code", "error", "error_code", "error_category")})
         return httpx.Response(200, json={"ok": True})

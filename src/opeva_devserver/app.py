@@ -1,8 +1,10 @@
-"""HTTP layer: the agent API of CONTRACT.md and an OPEVA-shaped job-control API."""
+"""HTTP layer: the agent API (orchestrator 1.0, or CONTRACT.md's 2026-04 with --protocol) and OPEVA-shaped job
+control and operator APIs."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -17,41 +19,104 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 
 from . import __doc__ as package_doc
-from .models import HeartbeatRequest, JobState, JobStatusRequest, NextJobRequest, RunSimulationRequest
+from .models import (
+    HeartbeatRequest,
+    JobState,
+    JobStatusRequest,
+    LegacyJobStatusRequest,
+    LegacyNextJobRequest,
+    LegacyRunSimulationRequest,
+    NextJobRequest,
+    RequeueRequest,
+    RunSimulationRequest,
+)
+from .protocol import ATTEMPT_FENCING, CURRENT, STALE_ATTEMPT_CODE, STALE_ATTEMPT_MESSAGE, unknown_host_detail
 from .settings import Settings, prepare_shared_dir
-from .store import JobNotFound, NewJob, StatusReport, Store, TransitionRejected
+from .store import (
+    JobNotFound,
+    NewJob,
+    Requeue,
+    StaleAttempt,
+    StatusReport,
+    Store,
+    TransitionRejected,
+    UnknownStatus,
+)
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
 
-def build_payload(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The next-job answer for ``job`` in the configured payload mode."""
-    job_id: str = job["job_id"]
+def build_payload(job: dict[str, Any], settings: Settings, attempt_token: str | None = None) -> dict[str, Any]:
+    """The next-job answer for ``job`` in the configured payload mode and protocol.
+
+    ``attempt_token`` is given for a fenced attempt: the payload then carries what the worker must echo in
+    every status report, whatever the payload mode (a fencing worker cannot report without it).
+    """
     payload: dict[str, Any] = {
-        "job_id": job_id,
+        "job_id": job["job_id"],
         "job_name": job["job_name"],
         "config_path": job["config_path"],
     }
-    if settings.payload_mode == "legacy":
-        return payload
-    payload["image"] = job["image"] or settings.job_image
-    payload["command"] = (
-        job["command"]
-        if job["command"] is not None
-        else ["--config", f"/data/{job['config_path']}", "--job_id", job_id]
-    )
-    payload["container_name"] = job["container_name"] or f"opeva-job-{job_id}"[:63]
-    payload["volumes"] = (
-        job["volumes"]
-        if job["volumes"] is not None
-        else [{"host": str(settings.shared_dir.resolve()), "container": "/data", "mode": "rw"}]
-    )
-    payload["env"] = job["env"] if job["env"] is not None else {}
+    if settings.payload_mode == "full":
+        payload.update(_full_payload_fields(job, settings))
+        if settings.protocol == CURRENT:
+            payload.update(
+                attempt_number=job["attempt_number"],
+                source_config_path=job["config_path"],
+                preferred_host=job["preferred_host"],
+                target_worker_profile=job["target_worker_profile"],
+            )
+    if attempt_token is not None:
+        payload.update(
+            attempt_number=job["attempt_number"],
+            attempt_token=attempt_token,
+            attempt_protocol=ATTEMPT_FENCING,
+        )
     return payload
+
+
+def _full_payload_fields(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    job_id: str = job["job_id"]
+    return {
+        "image": job["image"] or settings.job_image,
+        "command": (
+            job["command"]
+            if job["command"] is not None
+            else ["--config", f"/data/{job['config_path']}", "--job_id", job_id]
+        ),
+        "container_name": job["container_name"] or f"opeva-job-{job_id}"[:63],
+        "volumes": (
+            job["volumes"]
+            if job["volumes"] is not None
+            else [{"host": str(settings.shared_dir.resolve()), "container": "/data", "mode": "rw"}]
+        ),
+        "env": job["env"] if job["env"] is not None else {},
+    }
+
+
+def _status_report(body: BaseModel) -> StatusReport:
+    """The store's view of a job-status body of either protocol (fields a body lacks stay None)."""
+    names = {field.name for field in dataclasses.fields(StatusReport)}
+    return StatusReport(**body.model_dump(include=names))
+
+
+def _unknown_host(settings: Settings, name: str) -> bool:
+    return settings.hosts is not None and name not in settings.hosts
+
+
+def _bad_request(reason: str) -> JSONResponse:
+    return JSONResponse(status_code=400, content={"detail": reason})
+
+
+def _stale_attempt() -> JSONResponse:
+    # Same shape as the orchestrator's: a worker tells "my attempt is over" from any other 409 by the code.
+    detail = {"code": STALE_ATTEMPT_CODE, "message": STALE_ATTEMPT_MESSAGE}
+    return JSONResponse(status_code=409, content={"detail": detail})
 
 
 def _unprocessable(reason: str) -> JSONResponse:
@@ -119,10 +184,17 @@ class _Sweeper:
                 log.exception("staleness sweep failed")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Deps:
+    store: Store
+    settings: Settings
+    clock: Clock
+
+
 def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> FastAPI:
+    if store.protocol != settings.protocol:
+        raise ValueError(f"store speaks protocol {store.protocol}, settings say {settings.protocol}")
     prepare_shared_dir(settings.shared_dir)
-    shared_dir = settings.shared_dir
-    configs_dir = shared_dir / "configs"
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -157,40 +229,179 @@ def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> Fa
                 return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
             return await call_next(request)
 
-    # -- agent API ----------------------------------------------------------------------------------------
+    deps = _Deps(store, settings, clock)
+    if settings.protocol == CURRENT:
+        _add_agent_routes(app, deps)
+        _add_submit_route(app, deps)
+        _add_ops_routes(app, deps)
+    else:
+        _add_legacy_agent_routes(app, deps)
+        _add_legacy_submit_route(app, deps)
+    _add_shared_routes(app, deps)
+    _add_error_handlers(app)
+    return app
 
+
+# -- agent API ------------------------------------------------------------------------------------------------
+# Next-job and job-status bodies differ by protocol, so each protocol registers its own endpoint functions over
+# the shared logic below; the OpenAPI schema then shows the bodies the server really accepts.
+
+
+def _hand_out(deps: _Deps, worker_id: str, fencing: bool) -> Response:
+    claim = deps.store.claim_next(worker_id, deps.clock(), fencing=fencing)
+    if claim is None:
+        return Response(status_code=204)
+    job = claim.job
+    log.info("job %s dispatched to %s (attempt %s)", job["job_id"], worker_id, job.get("attempt_number"))
+    return JSONResponse(build_payload(job, deps.settings, claim.attempt_token))
+
+
+def _apply_report(deps: _Deps, report: StatusReport) -> Response:
+    try:
+        new_status = deps.store.report_status(report, deps.clock())
+    except JobNotFound:
+        return _not_found()
+    except UnknownStatus:
+        return _bad_request(f"unknown status {report.status!r}")
+    except StaleAttempt:
+        return _stale_attempt()
+    except TransitionRejected as exc:
+        return _conflict(exc)
+    return JSONResponse({"ok": True, "status": new_status})
+
+
+def _add_agent_routes(app: FastAPI, deps: _Deps) -> None:
     @app.post("/api/agent/next-job", tags=["agent"], responses={204: {"description": "no work"}})
     def next_job(body: NextJobRequest) -> Response:
-        job = store.claim_next(body.worker_id, clock())
-        if job is None:
-            return Response(status_code=204)
-        log.info("job %s dispatched to %s", job["job_id"], body.worker_id)
-        return JSONResponse(build_payload(job, settings))
+        fencing = ATTEMPT_FENCING in {capability.strip() for capability in body.capabilities}
+        return _hand_out(deps, body.worker_id, fencing)
 
     @app.post("/api/agent/job-status", tags=["agent"])
     def job_status(body: JobStatusRequest) -> Response:
-        report = StatusReport(
-            job_id=body.job_id,
-            status=body.status,
-            worker_id=body.worker_id,
-            container_id=body.container_id,
-            container_name=body.container_name,
-            exit_code=body.exit_code,
-            error=body.error,
-            details=body.details,
-        )
+        return _apply_report(deps, _status_report(body))
+
+    @app.post("/api/agent/heartbeat", tags=["agent"])
+    def heartbeat(body: HeartbeatRequest) -> Response:
+        if _unknown_host(deps.settings, body.worker_id):
+            return _bad_request(unknown_host_detail("worker_id", body.worker_id, deps.settings.hosts or ()))
+        deps.store.heartbeat(body.worker_id, body.info, deps.clock())
+        return JSONResponse({"ok": True})
+
+
+def _add_legacy_agent_routes(app: FastAPI, deps: _Deps) -> None:
+    @app.post("/api/agent/next-job", tags=["agent"], responses={204: {"description": "no work"}})
+    def next_job_2026_04(body: LegacyNextJobRequest) -> Response:
+        return _hand_out(deps, body.worker_id, fencing=False)
+
+    @app.post("/api/agent/job-status", tags=["agent"])
+    def job_status_2026_04(body: LegacyJobStatusRequest) -> Response:
+        return _apply_report(deps, _status_report(body))
+
+    @app.post("/api/agent/heartbeat", tags=["agent"])
+    def heartbeat_2026_04(body: HeartbeatRequest) -> dict[str, bool]:
+        deps.store.heartbeat(body.worker_id, body.info, deps.clock())
+        return {"ok": True}
+
+
+# -- job submission -------------------------------------------------------------------------------------------
+
+
+def _submit(deps: _Deps, body: LegacyRunSimulationRequest, profile: str | None = None) -> Response:
+    """Queue a job for ``body``; the answer names what was queued (and, in 1.0, the compute profile)."""
+    shared_dir = deps.settings.shared_dir
+    configs_dir = shared_dir / "configs"
+    job_id = uuid.uuid4().hex
+    if body.config is not None:
+        name = body.config_name or job_id
         try:
-            new_status = store.report_status(report, clock())
+            _write_config(configs_dir, name, body.config)
+        except (OSError, TypeError, ValueError) as exc:
+            return _unprocessable(f"could not save the config: {exc}")
+        config_path = f"configs/{name}.yaml"
+    else:
+        assert body.config_path is not None
+        config_path = body.config_path
+        candidate = shared_dir / config_path
+        if not _inside(candidate, configs_dir):
+            return _unprocessable(f"config_path {config_path} resolves outside configs/")
+        if not candidate.is_file():
+            return _unprocessable(f"config_path {config_path} does not exist in the shared dir")
+    job_name = body.job_name or Path(config_path).stem
+    job = deps.store.create_job(
+        NewJob(
+            job_id=job_id,
+            config_path=config_path,
+            job_name=job_name,
+            target_host=body.target_host,
+            target_worker_profile=profile,
+            image=body.image,
+            command=body.command,
+            container_name=body.container_name,
+            volumes=None if body.volumes is None else [v.model_dump() for v in body.volumes],
+            env=body.env,
+        ),
+        deps.clock(),
+    )
+    log.info("job %s queued (%s, target_host=%s)", job_id, config_path, body.target_host)
+    answer = {
+        "job_id": job_id,
+        "status": job["status"],
+        "job_name": job_name,
+        "config_path": config_path,
+        "target_host": body.target_host,
+    }
+    if deps.settings.protocol == CURRENT:
+        answer["target_worker_profile"] = profile
+    return JSONResponse(answer)
+
+
+def _add_submit_route(app: FastAPI, deps: _Deps) -> None:
+    @app.post("/run-simulation", tags=["jobs"])
+    def run_simulation(body: RunSimulationRequest) -> Response:
+        if body.target_host is not None and _unknown_host(deps.settings, body.target_host):
+            return _bad_request(unknown_host_detail("target_host", body.target_host, deps.settings.hosts or ()))
+        if body.target_host is not None and body.target_worker_profile is not None:
+            # A profile chooses among hosts; with a named host there is nothing left to choose.
+            return _bad_request("target_worker_profile only applies when no target_host is given")
+        return _submit(deps, body, body.target_worker_profile)
+
+
+def _add_legacy_submit_route(app: FastAPI, deps: _Deps) -> None:
+    @app.post("/run-simulation", tags=["jobs"])
+    def run_simulation_2026_04(body: LegacyRunSimulationRequest) -> Response:
+        return _submit(deps, body)
+
+
+# -- operators (1.0) ------------------------------------------------------------------------------------------
+
+
+def _add_ops_routes(app: FastAPI, deps: _Deps) -> None:
+    @app.post("/ops/jobs/{job_id}/requeue", tags=["ops"])
+    def requeue(job_id: str, body: RequeueRequest | None = None) -> Response:
+        request = body or RequeueRequest()
+        if deps.store.get_job(job_id) is None:
+            return _not_found()
+        host = request.preferred_host
+        if host is not None and _unknown_host(deps.settings, host):
+            return _bad_request(unknown_host_detail("preferred_host", host, deps.settings.hosts or ()))
+        try:
+            new_status = deps.store.requeue(
+                job_id, deps.clock(), Requeue(request.force, request.preferred_host, request.require_host)
+            )
         except JobNotFound:
             return _not_found()
         except TransitionRejected as exc:
             return _conflict(exc)
-        return JSONResponse({"ok": True, "status": new_status})
+        log.info("job %s requeued by an operator (force=%s, preferred_host=%s)", job_id, request.force, host)
+        return JSONResponse({"message": "job requeued", "job_id": job_id, "status": new_status})
 
-    @app.post("/api/agent/heartbeat", tags=["agent"])
-    def heartbeat(body: HeartbeatRequest) -> dict[str, bool]:
-        store.heartbeat(body.worker_id, body.info, clock())
-        return {"ok": True}
+
+# -- routes both protocols share ------------------------------------------------------------------------------
+
+
+def _add_shared_routes(app: FastAPI, deps: _Deps) -> None:
+    store, settings, clock = deps.store, deps.settings, deps.clock
+    shared_dir = settings.shared_dir
 
     @app.get("/status/{job_id}", tags=["agent"])
     def job_status_get(job_id: str) -> Response:
@@ -199,52 +410,6 @@ def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> Fa
             return _not_found()
         keys = ("job_id", "status", "worker_id", "exit_code", "error", "updated_at", "status_updated_at")
         return JSONResponse({key: job[key] for key in keys})
-
-    # -- job control ------------------------------------------------------------------------------------
-
-    @app.post("/run-simulation", tags=["jobs"])
-    def run_simulation(body: RunSimulationRequest) -> Response:
-        job_id = uuid.uuid4().hex
-        if body.config is not None:
-            name = body.config_name or job_id
-            try:
-                _write_config(configs_dir, name, body.config)
-            except (OSError, TypeError, ValueError) as exc:
-                return _unprocessable(f"could not save the config: {exc}")
-            config_path = f"configs/{name}.yaml"
-        else:
-            assert body.config_path is not None
-            config_path = body.config_path
-            candidate = shared_dir / config_path
-            if not _inside(candidate, configs_dir):
-                return _unprocessable(f"config_path {config_path} resolves outside configs/")
-            if not candidate.is_file():
-                return _unprocessable(f"config_path {config_path} does not exist in the shared dir")
-        job_name = body.job_name or Path(config_path).stem
-        job = store.create_job(
-            NewJob(
-                job_id=job_id,
-                config_path=config_path,
-                job_name=job_name,
-                target_host=body.target_host,
-                image=body.image,
-                command=body.command,
-                container_name=body.container_name,
-                volumes=None if body.volumes is None else [v.model_dump() for v in body.volumes],
-                env=body.env,
-            ),
-            clock(),
-        )
-        log.info("job %s queued (%s, target_host=%s)", job_id, config_path, body.target_host)
-        return JSONResponse(
-            {
-                "job_id": job_id,
-                "status": job["status"],
-                "job_name": job_name,
-                "config_path": config_path,
-                "target_host": body.target_host,
-            }
-        )
 
     @app.get("/jobs", tags=["jobs"])
     def jobs(
@@ -293,8 +458,13 @@ def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> Fa
 
     @app.get("/health", tags=["meta"])
     def health() -> dict[str, Any]:
-        return {"ok": True, "backend": "opeva-devserver", "payload_mode": settings.payload_mode}
+        answer: dict[str, Any] = {"ok": True, "backend": "opeva-devserver", "payload_mode": settings.payload_mode}
+        if settings.protocol == CURRENT:
+            answer["protocol"] = settings.protocol
+        return answer
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobNotFound)
     async def _job_not_found(_: Request, __: JobNotFound) -> Response:
         return _not_found()
@@ -306,5 +476,3 @@ def create_app(store: Store, settings: Settings, clock: Clock = time.time) -> Fa
     @app.exception_handler(UnicodeError)
     async def _bad_text(_: Request, __: UnicodeError) -> Response:
         return _unprocessable("strings must be valid Unicode (no lone surrogates)")
-
-    return app

@@ -1,7 +1,7 @@
 """``opeva-devserver``: run the reference backend with uvicorn.
 
-Every option also reads a default from ``OPEVA_DEVSERVER_<NAME>`` (e.g. ``OPEVA_DEVSERVER_PORT``); the shared
-dir falls back to ``OPEVA_SHARED_DIR``.
+Every option also reads a default from ``OPEVA_DEVSERVER_<NAME>`` (e.g. ``OPEVA_DEVSERVER_PORT``,
+``OPEVA_DEVSERVER_PROTOCOL``, ``OPEVA_DEVSERVER_HOSTS``); the shared dir falls back to ``OPEVA_SHARED_DIR``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from .protocol import CURRENT, LEGACY
 from .settings import DEFAULT_JOB_IMAGE, DEFAULT_SHARED_DIR, Settings
 
 
@@ -40,6 +41,12 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
     return value
+
+
+def _host_list(text: str) -> tuple[str, ...] | None:
+    """``"w1, w2"`` -> ``("w1", "w2")``; an empty list means no host list (every worker id is accepted)."""
+    hosts = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    return hosts or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between staleness sweeps (0 disables the sweeper)",
     )
     add(
+        "--protocol",
+        choices=(CURRENT, LEGACY),
+        default=_env("PROTOCOL", CURRENT),
+        help=f"{CURRENT}: the OPEVA orchestrator's (setup state, attempt fencing, heartbeat keep-alive, GPU"
+        f" routing, /ops/jobs/{{id}}/requeue); {LEGACY}: the older contract exactly, for compatibility tests",
+    )
+    add(
+        "--hosts",
+        type=_host_list,
+        default=os.environ.get("OPEVA_DEVSERVER_HOSTS"),
+        help=f"comma-separated worker ids allowed to heartbeat and to be named as a job's host (the"
+        f" orchestrator's AVAILABLE_HOSTS), e.g. 'w1,w2'; other ids get 400. None or empty: every worker"
+        f" id is accepted. Protocol {CURRENT} only. Env: OPEVA_DEVSERVER_HOSTS",
+    )
+    add(
         "--job-image",
         default=_env("JOB_IMAGE", DEFAULT_JOB_IMAGE),
         help="image put in full-mode payloads when the job names none",
@@ -125,11 +147,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         sweep_interval=args.sweep_interval,
         job_image=args.job_image,
         token=args.token or None,
+        protocol=args.protocol,
+        hosts=args.hosts,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn  # imported late so that --help works without the devserver extra
@@ -137,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .app import create_app
     from .store import Store
 
-    settings = settings_from_args(args)
     try:
         store = Store(
             settings.resolved_db_path,
@@ -145,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host_ttl=settings.host_ttl,
             status_ttl=settings.status_ttl,
             offline_grace=settings.offline_grace,
+            protocol=settings.protocol,
         )
         app = create_app(store, settings)
     except (OSError, sqlite3.Error) as exc:
@@ -155,9 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     logging.getLogger("opeva_devserver").info(
-        "shared dir %s, database %s, payload mode %s, host ttl %ss, status ttl %ss, offline grace %ss",
+        "shared dir %s, database %s, protocol %s, hosts %s, payload mode %s, host ttl %ss, status ttl %ss,"
+        " offline grace %ss",
         settings.shared_dir,
         settings.resolved_db_path,
+        settings.protocol,
+        ",".join(settings.hosts) if settings.hosts is not None else "any",
         settings.payload_mode,
         settings.host_ttl,
         settings.status_ttl,

@@ -1,6 +1,8 @@
 """Request bodies.
 
-Agent bodies ignore unknown fields (newer workers may send more); run-simulation rejects them.
+Agent bodies ignore unknown fields (newer workers may send more); run-simulation rejects them. Where protocol
+1.0 changed a body, the 2026-04 one is kept as ``Legacy...`` so that ``--protocol 2026-04`` validates exactly
+as before.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-JobState = Literal[
+LegacyJobState = Literal[
     "launching",
     "queued",
     "dispatched",
@@ -22,6 +24,7 @@ JobState = Literal[
     "stopped",
     "canceled",
 ]
+JobState = Literal[LegacyJobState, "setup"]
 
 WorkerId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
@@ -56,9 +59,18 @@ _CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class NextJobRequest(BaseModel):
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+ShortText = Annotated[str, Field(max_length=255)]
+
+
+class LegacyNextJobRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     worker_id: WorkerId
+
+
+class NextJobRequest(LegacyNextJobRequest):
+    # "attempt_fencing_v1" asks for fenced attempts; a worker without it is served the legacy way.
+    capabilities: list[ShortText] = Field(default_factory=list, max_length=64)
 
 
 class HeartbeatRequest(BaseModel):
@@ -67,16 +79,38 @@ class HeartbeatRequest(BaseModel):
     info: JsonObject = Field(default_factory=dict)
 
 
-class JobStatusRequest(BaseModel):
+class _JobStatusBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     job_id: Name
-    status: JobState
     worker_id: WorkerId
     container_id: str | None = None
     container_name: str | None = None
-    exit_code: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] | None = None
+    exit_code: Int64 | None = None
     error: str | None = None
     details: JsonObject | None = None
+
+
+class LegacyJobStatusRequest(_JobStatusBody):
+    status: LegacyJobState
+
+
+class JobStatusRequest(_JobStatusBody):
+    # Any text: an unknown status is answered 400 after the 404 check, the way the orchestrator orders them.
+    status: ShortText
+    worker_version: ShortText | None = None
+    attempt_number: Int64 | None = None
+    attempt_token: Annotated[str, Field(max_length=512)] | None = None
+    error_code: ShortText | None = None
+    error_category: ShortText | None = None
+    error_hint: str | None = None
+
+
+class RequeueRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    force: bool = False
+    preferred_host: WorkerId | None = None
+    # None: keep whether the job was bound to its host; False with no preferred_host: any worker may take it.
+    require_host: bool | None = None
 
 
 class Volume(BaseModel):
@@ -93,7 +127,7 @@ class Volume(BaseModel):
         return value
 
 
-class RunSimulationRequest(BaseModel):
+class LegacyRunSimulationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config_path: str | None = None
     config: JsonObject | None = None
@@ -109,18 +143,7 @@ class RunSimulationRequest(BaseModel):
     @field_validator("config_path")
     @classmethod
     def _config_path(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if "\x00" in value or "\\" in value:
-            raise ValueError("config_path contains a forbidden character")
-        if value.startswith("/"):
-            raise ValueError("config_path must be relative to the shared dir, e.g. configs/demo.yaml")
-        parts = value.split("/")
-        if any(part in ("", ".", "..") for part in parts):
-            raise ValueError("config_path must not contain empty, '.' or '..' segments")
-        if parts[0] != "configs" or len(parts) < 2:
-            raise ValueError("config_path must be under configs/")
-        return value
+        return None if value is None else _checked_config_path(value, bare_allowed=False)
 
     @field_validator("config_name")
     @classmethod
@@ -165,3 +188,31 @@ class RunSimulationRequest(BaseModel):
         if self.config_name is not None and self.config is None:
             raise ValueError("config_name only applies to an inline config")
         return self
+
+
+class RunSimulationRequest(LegacyRunSimulationRequest):
+    """Protocol 1.0: ``config_path`` may also be relative to configs/ (``exp.yaml``), and a compute profile."""
+
+    # Automatic host selection limited to workers that advertise a GPU ("gpu") or do not ("cpu").
+    target_worker_profile: Literal["cpu", "gpu"] | None = None
+
+    @field_validator("config_path")
+    @classmethod
+    def _config_path(cls, value: str | None) -> str | None:
+        return None if value is None else _checked_config_path(value, bare_allowed=True)
+
+
+def _checked_config_path(value: str, *, bare_allowed: bool) -> str:
+    """``value`` as ``configs/...``; with ``bare_allowed`` a path without the prefix is taken inside configs/."""
+    if "\x00" in value or "\\" in value:
+        raise ValueError("config_path contains a forbidden character")
+    if value.startswith("/"):
+        raise ValueError("config_path must be relative to the shared dir, e.g. configs/demo.yaml")
+    parts = value.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError("config_path must not contain empty, '.' or '..' segments")
+    if parts[0] == "configs" and len(parts) >= 2:
+        return value
+    if not bare_allowed:
+        raise ValueError("config_path must be under configs/")
+    return f"configs/{value}"

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .protocol import CURRENT, LEGACY, ProtocolVersion
+
 PayloadMode = Literal["legacy", "full"]
 
 DEFAULT_SHARED_DIR = "/opt/opeva_shared_data"
@@ -28,6 +30,17 @@ class Settings:
     job_image: str = DEFAULT_JOB_IMAGE
     # When set, the agent API (and GET /status) wants `Authorization: Bearer <token>`, like a real deployment.
     token: str | None = None
+    protocol: ProtocolVersion = CURRENT
+    # Worker ids allowed to heartbeat (the orchestrator's AVAILABLE_HOSTS); None accepts every worker id.
+    hosts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # argparse does not check environment defaults against its choices: this does.
+        if self.protocol not in (CURRENT, LEGACY):
+            raise ValueError(f"unknown protocol {self.protocol!r}: use {CURRENT} or {LEGACY}")
+        if self.hosts is not None and self.protocol == LEGACY:
+            # The 2026-04 contract has no host list: accepting one and ignoring it would hide a mistake.
+            raise ValueError(f"a host list only applies to protocol {CURRENT}, not {LEGACY}")
 
     @property
     def resolved_db_path(self) -> Path:

@@ -41,6 +41,7 @@ class Settings:
     allowed_images: tuple[str, ...] = ()
     job_timeout: float | None = None
     max_log_bytes: int = defaults.MAX_LOG_BYTES
+    docker_log_max_bytes: int | None = None  # None: DOCKER_LOG_MAX_FACTOR x max_log_bytes
     stop_job_on_exit: bool = False
     redact_vars: tuple[str, ...] = ()
     token: str | None = None
@@ -54,8 +55,12 @@ class Settings:
     job_memory: int | None = None
     job_pids_limit: int | None = None
     allowed_volume_roots: tuple[Path, ...] = ()
+    allowed_networks: tuple[str, ...] = ()
     allow_privileged: bool = False
     allow_host_namespaces: bool = False
+
+    def docker_log_bytes(self) -> int:
+        return self.docker_log_max_bytes or defaults.DOCKER_LOG_MAX_FACTOR * self.max_log_bytes
 
     def image_allowed_patterns(self) -> tuple[str, ...]:
         """ALLOWED_IMAGES, or by default any tag or digest of the worker's own image repository."""
@@ -308,6 +313,15 @@ OPTIONS: tuple[Option, ...] = (
         "Cap of one job log; past it one marker line is written and output dropped (default 1G).",
     ),
     Option(
+        "docker_log_max_bytes",
+        "DOCKER_LOG_MAX_BYTES",
+        "--docker-log-max-bytes",
+        _byte_count,
+        "Bound of Docker's own copy of a job's output (json-file, rotated over "
+        f"{defaults.DOCKER_LOG_FILES} files), which a restarted worker catches up from "
+        f"(default {defaults.DOCKER_LOG_MAX_FACTOR} x MAX_LOG_BYTES).",
+    ),
+    Option(
         "stop_job_on_exit",
         "WORKER_STOP_JOB_ON_EXIT",
         "--stop-job-on-exit",
@@ -380,7 +394,15 @@ OPTIONS: tuple[Option, ...] = (
         "ALLOWED_VOLUME_ROOTS",
         "--allowed-volume-roots",
         _paths,
-        "Comma-separated host directories a payload's volumes may come from (default: the shared dir).",
+        "Comma-separated host directories a payload's volumes may come from (default: none; the share is "
+        "always at /data). An opt-in: a job that can write under a root could swap a folder for a symlink.",
+    ),
+    Option(
+        "allowed_networks",
+        "ALLOWED_NETWORKS",
+        "--allowed-networks",
+        _names,
+        "Comma-separated Docker networks a payload's network_mode may name, besides bridge and none.",
     ),
     Option(
         "allow_privileged",

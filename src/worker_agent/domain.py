@@ -64,6 +64,9 @@ class StatusUpdate:
     container_name: str | None = None
     exit_code: int | None = None
     error: str | None = None
+    error_code: str | None = None  # stable, documented in docs/contract.md
+    error_category: str | None = None  # user, infrastructure or worker
+    error_hint: str | None = None  # one sentence for the person who submitted the job
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

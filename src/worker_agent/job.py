@@ -7,6 +7,7 @@ reports the end through the reporter's durable outbox.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,13 +20,13 @@ from worker_agent.backend.reporter import Reporter
 from worker_agent.backoff import Outage
 from worker_agent.config import Settings
 from worker_agent.domain import STOPPING, TERMINAL, JobHandle, JobRecord, LogPosition, Status, StatusUpdate, StopReason
-from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable
+from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable, StartCancelled
 from worker_agent.health import Health
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.pump import LogPump
 from worker_agent.ops import metrics
 from worker_agent.payload import JobPayload, PayloadError
-from worker_agent.policy import build_spec, secret_values
+from worker_agent.policy import build_spec, secret_values, unmaskable_secrets
 from worker_agent.state.store import StateDir
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,14 @@ class JobRun:
         except OSError as exc:
             return self._fail_unstarted(f"cannot write the job log: {exc}")
         try:
+            if short := unmaskable_secrets(spec.env, self.ctx.settings):
+                self._note(f"not masked in this log: {', '.join(short)} (values of 1-3 characters cannot be masked)")
             try:
-                self.handle = self.ctx.executor.start(spec, progress=self._note)
+                self.handle = self.ctx.executor.start(spec, self._note, self.ctx.shutdown)
                 log_size = self._log.size()
+            except StartCancelled as exc:
+                self._note(str(exc))
+                return self.hand_back()
             except (ExecutorError, ExecutorUnavailable) as exc:
                 self._note(f"job could not start: {exc}")
                 return self._fail_unstarted(str(exc))
@@ -311,6 +317,14 @@ class JobRun:
         if self.record is not None:
             metrics.JOB_DURATION.observe(max(0.0, self.ctx.clock() - self.record.started_at))
         return status
+
+    def hand_back(self) -> Status:
+        """The worker shuts down before the job started: give it back to the queue (or fail it, if refused)."""
+        log.info("job %s: handed back to the backend (worker shutting down)", self.job_id, extra=self._extra)
+        update = StatusUpdate(self.job_id, Status.QUEUED, error="worker shut down before the job started")
+        self.status = Status.QUEUED
+        self.ctx.reporter.report(dataclasses.replace(update, error_code="worker_shutdown", error_category="worker"))
+        return Status.QUEUED
 
     def _fail_unstarted(self, error: str) -> Status:
         log.error("job %s failed to start: %s", self.job_id, error, extra=self._extra)

@@ -10,6 +10,7 @@ from pathlib import Path
 from worker_agent import defaults
 from worker_agent.config import Settings
 from worker_agent.domain import JobSpec, Mount
+from worker_agent.logs.masking import is_maskable
 from worker_agent.payload import JobPayload, PayloadError
 
 SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
@@ -45,20 +46,22 @@ def build_spec(payload: JobPayload, settings: Settings) -> JobSpec:
 
 def secret_values(env: dict[str, str], settings: Settings) -> list[str]:
     """Values to mask in the job log: env vars whose names look secret, plus REDACT_VARS."""
+    return [env[name] for name in _secret_names(env, settings)]
+
+
+def unmaskable_secrets(env: dict[str, str], settings: Settings) -> list[str]:
+    """Names of secret env vars whose values are too short to mask without garbling the log (1-3 characters)."""
+    return [name for name in _secret_names(env, settings) if env[name] and not is_maskable(env[name])]
+
+
+def _secret_names(env: dict[str, str], settings: Settings) -> list[str]:
     named = set(settings.redact_vars)
-    return [
-        value for name, value in env.items() if name in named or any(part in name.upper() for part in SECRET_NAME_PARTS)
-    ]
+    return [name for name in env if name in named or any(part in name.upper() for part in SECRET_NAME_PARTS)]
 
 
 def allowed_volume_roots(settings: Settings) -> list[Path]:
-    """ALLOWED_VOLUME_ROOTS, or the shared directory, with symlinks resolved."""
-    roots = []
-    for root in settings.allowed_volume_roots or (settings.shared_dir,):
-        resolved = _resolve(root)
-        if resolved is not None:
-            roots.append(resolved)
-    return roots
+    """ALLOWED_VOLUME_ROOTS with symlinks resolved; empty (the default): no payload volume at all."""
+    return [resolved for resolved in map(_resolve, settings.allowed_volume_roots) if resolved is not None]
 
 
 def _check_privileges(payload: JobPayload, settings: Settings) -> None:
@@ -74,17 +77,34 @@ def _check_privileges(payload: JobPayload, settings: Settings) -> None:
             refuse(f"{option} {mode!r} is not allowed: a job never joins another container's namespaces")
     if payload.pid_mode not in (None, _HOST):
         refuse(f"pid_mode {payload.pid_mode!r} is not allowed")
+    # A user-defined network could be the backend's own private one.
+    networks = (None, _HOST, "bridge", "none", *settings.allowed_networks)
+    if payload.network_mode not in networks:
+        refuse(f"network_mode {payload.network_mode!r} is not in ALLOWED_NETWORKS (bridge and none always are)")
 
 
 def _extra_mounts(payload: JobPayload, settings: Settings) -> list[Mount]:
-    """Payload volumes, only from under the allowed roots; the share itself is always at /data."""
+    """Payload volumes: none by default; with ALLOWED_VOLUME_ROOTS, only from under those roots.
+
+    The share is always mounted at /data from the worker's own setting: a payload volume for /data is
+    skipped. Every other volume is a risk the operator opts into: a job that can write under a root can
+    swap a checked folder for a symlink between this check and Docker's mount (docs/deployment.md).
+    """
+    data_dir = defaults.CONTAINER_DATA_DIR
+    wanted = [volume for volume in payload.volumes if volume.container != data_dir]
+    if wanted and not settings.allowed_volume_roots:
+        raise PayloadError(
+            f"volume {wanted[0].host!r}: payload volumes are not allowed (ALLOWED_VOLUME_ROOTS is empty); "
+            f"the share is mounted at {data_dir} by the worker",
+            payload.job_id,
+        )
+    for root in settings.allowed_volume_roots:
+        if not _is_dir(root):
+            raise PayloadError(f"ALLOWED_VOLUME_ROOTS entry {str(root)!r} is not visible to the worker", payload.job_id)
     roots = allowed_volume_roots(settings)
     sockets = [path for path in map(_resolve, _docker_socket_paths()) if path is not None]
-    data_dir = defaults.CONTAINER_DATA_DIR
     mounts = []
-    for volume in payload.volumes:
-        if volume.container == data_dir:
-            continue
+    for volume in wanted:
         if volume.container.startswith(data_dir + "/"):
             raise PayloadError(f"volume target {volume.container!r} would shadow part of {data_dir}", payload.job_id)
         host = _resolve(Path(volume.host))
@@ -110,6 +130,13 @@ def _resolve(path: Path) -> Path | None:
         return path.resolve()
     except (OSError, RuntimeError, ValueError):
         return None
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _is_socket(path: Path) -> bool:

@@ -184,8 +184,11 @@ class Worker:
             self.reporter.report(StatusUpdate(exc.job_id, Status.FAILED, error=f"invalid_payload: {exc.reason}"))
             self._job_ended(exc.job_id, Status.FAILED)
             return True
-        self._jobs_taken += 1
         run = JobRun(self._ctx, job.job_id)
+        if self.stopping.is_set():  # SIGTERM came while next-job was on its way: start nothing
+            run.hand_back()
+            return True
+        self._jobs_taken += 1
         self._slots.start(run, functools.partial(run.run_new, job), self._on_job_end)
         self.heartbeat.beat_now()
         return True
@@ -337,4 +340,4 @@ def _default_executor(settings: Settings) -> Executor:
     # Imported here: the Docker SDK is only loaded by a worker that runs jobs in Docker.
     from worker_agent.executors.docker import DockerExecutor
 
-    return DockerExecutor(settings.image_pull_policy)
+    return DockerExecutor(settings.image_pull_policy, log_bytes=settings.docker_log_bytes())

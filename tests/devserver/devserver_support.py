@@ -12,6 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from opeva_devserver.app import create_app
+from opeva_devserver.protocol import ATTEMPT_FENCING
 from opeva_devserver.settings import Settings
 from opeva_devserver.store import Store
 
@@ -45,8 +46,11 @@ class Env:
         job_id: str = resp.json()["job_id"]
         return job_id
 
-    def claim(self, worker_id: str = "w1") -> dict[str, Any] | None:
-        resp = self.client.post("/api/agent/next-job", json={"worker_id": worker_id})
+    def claim(self, worker_id: str = "w1", capabilities: list[str] | None = None) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"worker_id": worker_id}
+        if capabilities is not None:
+            body["capabilities"] = capabilities
+        resp = self.client.post("/api/agent/next-job", json=body)
         if resp.status_code == 204:
             assert resp.content == b""
             return None
@@ -57,6 +61,26 @@ class Env:
     def report(self, job_id: str, status: str, worker_id: str = "w1", **extra: Any) -> Any:
         body = {"job_id": job_id, "status": status, "worker_id": worker_id, **extra}
         return self.client.post("/api/agent/job-status", json=body)
+
+    def claim_fenced(self, worker_id: str = "w1") -> dict[str, Any]:
+        """Claim as a worker that fences its attempts; there must be work for it."""
+        payload = self.claim(worker_id, capabilities=[ATTEMPT_FENCING])
+        assert payload is not None, f"no job for {worker_id}"
+        return payload
+
+    def report_attempt(self, payload: dict[str, Any], status: str, worker_id: str = "w1", **extra: Any) -> Any:
+        """Report ``status`` for the fenced attempt that ``payload`` (a next-job answer) started."""
+        fence = {"attempt_number": payload["attempt_number"], "attempt_token": payload["attempt_token"]}
+        return self.report(payload["job_id"], status, worker_id=worker_id, **{**fence, **extra})
+
+    def heartbeat(self, worker_id: str = "w1", **info: Any) -> Any:
+        return self.client.post("/api/agent/heartbeat", json={"worker_id": worker_id, "info": info})
+
+    def info(self, job_id: str) -> dict[str, Any]:
+        resp = self.client.get(f"/job-info/{job_id}")
+        assert resp.status_code == 200, resp.text
+        value: dict[str, Any] = resp.json()
+        return value
 
     def status(self, job_id: str) -> str:
         resp = self.client.get(f"/status/{job_id}")
@@ -102,6 +126,7 @@ def build_env(shared: Path, clock: FakeClock, **overrides: Any) -> Env:
         host_ttl=settings.host_ttl,
         status_ttl=settings.status_ttl,
         offline_grace=settings.offline_grace,
+        protocol=settings.protocol,
     )
     app = create_app(store, settings, clock=clock)
     demo = shared / "configs" / "demo.yaml"

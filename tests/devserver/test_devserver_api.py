@@ -11,6 +11,8 @@ from devserver_support import Env, MakeEnv
 
 LEGACY_KEYS = {"job_id", "job_name", "config_path"}
 FULL_KEYS = LEGACY_KEYS | {"image", "command", "container_name", "volumes", "env"}
+# What protocol 1.0 adds to every full payload (test_devserver_protocol.py checks the values).
+V1_KEYS = {"attempt_number", "source_config_path", "preferred_host", "target_worker_profile"}
 
 
 # -- next-job and payloads ----------------------------------------------------------------------------------
@@ -22,11 +24,13 @@ def test_next_job_204_with_empty_body_when_no_work(env: Env) -> None:
     assert resp.content == b""
 
 
-def test_full_payload_defaults(env: Env) -> None:
+@pytest.mark.parametrize(("protocol", "keys"), [("1.0", FULL_KEYS | V1_KEYS), ("2026-04", FULL_KEYS)])
+def test_full_payload_defaults(make_env: MakeEnv, protocol: str, keys: set[str]) -> None:
+    env = make_env(protocol=protocol)
     job_id = env.submit(job_name="my-run")
     payload = env.claim("w1")
     assert payload is not None
-    assert set(payload) == FULL_KEYS
+    assert set(payload) == keys
     assert payload["job_id"] == job_id
     assert payload["job_name"] == "my-run"
     assert payload["config_path"] == "configs/demo.yaml"
@@ -313,7 +317,6 @@ def test_config_path_symlink_out_of_configs_is_rejected(env: Env, tmp_path: Path
         ("/api/agent/heartbeat", {"info": {}}),
         ("/api/agent/heartbeat", {"worker_id": "w1", "info": [1]}),
         ("/api/agent/job-status", {"job_id": "x", "status": "running"}),
-        ("/api/agent/job-status", {"job_id": "x", "status": "exploded", "worker_id": "w1"}),
         ("/api/agent/job-status", {"job_id": "x", "status": "failed", "worker_id": "w1", "exit_code": "1"}),
         ("/api/agent/job-status", {"job_id": "x", "status": "failed", "worker_id": "w1", "exit_code": 1.5}),
         ("/api/agent/job-status", {"job_id": "x", "status": "failed", "worker_id": "w1", "details": [1]}),

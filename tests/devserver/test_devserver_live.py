@@ -175,3 +175,38 @@ def test_cli_rejects_bad_options(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv)
     assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_console_script_takes_protocol_and_hosts_from_the_environment(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    port = free_port()
+    args = ["--host", "127.0.0.1", "--port", str(port), "--shared-dir", str(shared)]
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("OPEVA_")}
+    base = f"http://127.0.0.1:{port}"
+
+    proc = _start_cli(args, {**child_env, "OPEVA_DEVSERVER_HOSTS": "w1, w2"})
+    try:
+        wait_for_port(port)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            refused = client.post("/api/agent/heartbeat", json={"worker_id": "w3", "info": {}})
+            assert refused.status_code == 400 and "w3" in refused.json()["detail"]
+            assert client.post("/api/agent/heartbeat", json={"worker_id": "w2", "info": {}}).status_code == 200
+            assert client.get("/health").json()["protocol"] == "1.0"
+            (shared / "configs" / "exp.yaml").write_text("a: 1\n")
+            job_id = client.post("/run-simulation", json={"config_path": "exp.yaml"}).json()["job_id"]
+    finally:
+        _, err = _stop(proc)
+    assert "protocol 1.0, hosts w1,w2" in err, err
+
+    proc = _start_cli(args, {**child_env, "OPEVA_DEVSERVER_PROTOCOL": "2026-04"})
+    try:
+        wait_for_port(port)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.post("/api/agent/heartbeat", json={"worker_id": "w3", "info": {}}).status_code == 200
+            assert "attempt_number" not in client.get(f"/job-info/{job_id}").json()
+            assert client.post("/api/agent/next-job", json={"worker_id": "w3"}).json()["job_id"] == job_id
+            setup = {"job_id": job_id, "status": "setup", "worker_id": "w3"}
+            assert client.post("/api/agent/job-status", json=setup).status_code == 422
+    finally:
+        _stop(proc)

@@ -65,7 +65,9 @@ def test_stop_requested_job_without_refresh_fails_after_status_ttl(env: Env) -> 
     assert info(env, job_id)["error"] == "stale_status"
 
 
-def test_dispatched_job_of_an_online_host_is_left_alone(env: Env) -> None:
+def test_dispatched_job_of_an_online_host_is_left_alone_in_2026_04(make_env: MakeEnv) -> None:
+    # Protocol 1.0 requeues it instead (test_devserver_keepalive.py).
+    env = make_env(protocol="2026-04")
     job_id = env.submit()
     env.claim("w1")
     for _ in range(30):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 
 import pytest
-from conftest import Raw, Scene
+from conftest import Raw, Scene, normal_job
 from harness import wait_for
 
 pytestmark = pytest.mark.docker
@@ -69,3 +71,18 @@ def test_token_is_sent_as_bearer_and_never_logged(scene: Scene) -> None:
     assert "setting OPEVA_TOKEN=***" in text  # DEBUG really was on: the settings were logged
     assert token not in text
     assert token[4:16] not in text
+
+
+def test_sigterm_while_next_job_is_answered_starts_nothing_and_hands_the_job_back(scene: Scene) -> None:
+    payload = json.dumps(normal_job("late-1", "echo must-not-run")).encode()
+    scene.backend.push(Raw(body=payload, delay=2.0))
+    worker = scene.worker()
+    wait_for(lambda: scene.backend.next_job_calls >= 1, 20, "next-job asked")
+
+    worker.signal(signal.SIGTERM)  # while the answer is still on its way
+
+    assert worker.wait(10) == 0, worker.text()
+    assert worker.containers(scene.docker) == []
+    assert [(r["status"], r.get("error_code")) for r in scene.backend.reports("late-1")] == [
+        ("queued", "worker_shutdown")
+    ]

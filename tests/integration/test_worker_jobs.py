@@ -94,18 +94,21 @@ def test_100000_lines_all_present_in_order(devserver: Devserver, make_worker: Ma
     assert lines == [str(n) for n in range(1, 100001)]
 
 
-def test_output_without_newlines_reaches_the_file_while_the_job_runs(devserver: Devserver, make_worker: Make) -> None:
-    job_id = devserver.submit(
-        image="opeva-test-busybox:latest", command=sh("printf 'no-newline-1'; sleep 2; printf '\\377-2'; sleep 300")
-    )
-    worker = make_worker().start()
+def test_output_without_newlines_reaches_the_file_per_16_kib_and_at_the_end(
+    devserver: Devserver, make_worker: Make
+) -> None:
+    # Docker's json-file log keeps such output as 16 KiB pieces; the live log follows the same cut, so that a
+    # log resumed after a restart is byte-identical (docs/logs.md).
+    script = "printf 'no-newline-1'; head -c 20000 /dev/zero | tr '\\0' x; sleep 2; printf '\\377-2'; sleep 300"
+    job_id = devserver.submit(image="opeva-test-busybox:latest", command=sh(script))
+    worker = make_worker({"STOP_GRACE_PERIOD": "1"}).start()
     log = devserver.log_file(job_id)
-    wait_for(lambda: log.exists() and "no-newline-1" in log.read_text(), 20, "output without a newline")
-    # A byte that is not UTF-8 is kept, readable, instead of breaking the file.
-    wait_for(lambda: log.read_text() == "no-newline-1\\xff-2", 10, "the second chunk")
-    assert devserver.status(job_id) == "running"
+    wait_for(lambda: log.exists() and log.stat().st_size == 16384, 20, "the first 16 KiB piece")
+    assert log.read_bytes().startswith(b"no-newline-1xxx") and devserver.status(job_id) == "running"
     devserver.stop_job(job_id)
     devserver.wait_status(job_id, {"stopped"}, timeout=30)
+    # The rest arrives at the job's end; a byte that is not UTF-8 becomes U+FFFD, as in Docker's own copy.
+    assert log.read_bytes() == b"no-newline-1" + b"x" * 20000 + "\ufffd-2".encode()
     worker.signal(signal.SIGTERM)
     worker.wait(10)
 
@@ -206,3 +209,16 @@ def test_worker_with_the_backend_token_runs_jobs(make_devserver: Callable[..., D
     assert worker.wait(60) == 0, worker.text()
     assert server.status(job_id) == "finished"
     assert "opeva-test-token" not in worker.text()
+
+
+def test_dockers_own_copy_of_the_output_is_bounded_and_rotated(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = devserver.submit(image="opeva-test-busybox:latest", command=sh("sleep 300"))
+    worker = make_worker({"MAX_LOG_BYTES": "1M", "STOP_GRACE_PERIOD": "1"}).start()
+    devserver.wait_status(job_id, {"running"})
+    (container,) = worker.containers(docker_client)
+    config = docker_client.api.inspect_container(container.id)["HostConfig"]["LogConfig"]
+    assert config == {"Type": "json-file", "Config": {"max-size": str(2 * 1024**2 // 4), "max-file": "4"}}
+    devserver.stop_job(job_id)
+    devserver.wait_status(job_id, {"stopped"}, timeout=30)

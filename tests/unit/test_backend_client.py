@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import ssl
+import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -88,11 +91,36 @@ def test_answer_larger_than_the_bound_is_an_error() -> None:
         small.next_job()
 
 
-def test_compressed_answer_is_bounded_after_decompression() -> None:
-    bomb = gzip.compress(b'{"job_id": "' + b"x" * 5_000_000 + b'"}')
+def test_compressed_answers_are_not_asked_for_and_refused_before_inflating() -> None:
+    bomb = gzip.compress(b'{"job_id": "' + b"x" * 50_000_000 + b'"}')
     assert len(bomb) < 100_000
-    with pytest.raises(BackendError, match="larger than"):
-        client(answer(200, bomb, **{"Content-Encoding": "gzip"})).next_job()
+    asked: list[str | None] = []
+
+    class Bomb(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            asked.append(self.headers.get("Accept-Encoding"))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bomb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tracemalloc.start()
+    try:
+        with pytest.raises(BackendError, match="compressed"):
+            BackendClient(f"http://127.0.0.1:{server.server_address[1]}", "w1").next_job()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+    assert asked == ["identity"]
+    assert peak < 10 * 1024 * 1024  # the 50 MB it inflates to were never made
 
 
 def test_status_codes() -> None:

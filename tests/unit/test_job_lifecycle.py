@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import Rig
 from fakes import Script
 from harness import wait_for
+from rig import Rig
 
 
 def test_a_job_runs_to_finished_with_its_whole_log(rig: Rig) -> None:
@@ -136,3 +136,14 @@ def test_output_printed_while_the_stream_follows_lands_in_order(rig: Rig) -> Non
 
     rig.wait_status("j1", "finished")
     assert rig.log("j1").endswith(b"".join(f"line {index}\n".encode() for index in range(50)))
+
+
+def test_the_log_says_which_secrets_are_too_short_to_mask(rig: Rig) -> None:
+    rig.executor.default = Script(frames=[(1, b"token is abc, key is long-enough\n")])
+    rig.backend.submit("j1", env={"API_TOKEN": "abc", "MY_KEY": "long-enough", "PLAIN": "x"})
+    rig.start()
+
+    rig.wait_status("j1", "finished")
+    log = rig.log("j1")
+    assert log.startswith(b"[job-worker-agent] not masked in this log: API_TOKEN (values of 1-3 characters")
+    assert log.endswith(b"token is abc, key is ***\n")

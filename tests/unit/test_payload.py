@@ -175,7 +175,14 @@ def share(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Settings]:
     (shared / "out").symlink_to(outside)
     (shared / "configs" / "out").symlink_to(outside / "a.yaml")
     (shared / "loop").symlink_to(shared / "loop")
-    settings = Settings(shared_dir=shared, worker_id="w", image="opeva-test-busybox:latest", allowed_images=("*",))
+    # Volumes opted in under the share (ALLOWED_VOLUME_ROOTS), so that hostile volume paths get checked.
+    settings = Settings(
+        shared_dir=shared,
+        worker_id="w",
+        image="opeva-test-busybox:latest",
+        allowed_images=("*",),
+        allowed_volume_roots=(shared,),
+    )
     return shared, settings
 
 

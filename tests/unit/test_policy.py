@@ -64,39 +64,38 @@ def test_allowed_images_globs(settings: Settings) -> None:
     assert "ALLOWED_IMAGES" in refused(custom)
 
 
-def test_volumes_under_the_share_are_mounted_resolved(settings: Settings, shared: Path) -> None:
-    (shared / "link").symlink_to(shared / "datasets")
-    spec = spec_for(
-        settings,
-        volumes=[
-            {"host": str(shared), "container": "/data", "mode": "rw"},  # the share itself: already there
-            {"host": f"{shared}/link/d1", "container": "/input", "mode": "ro"},
-        ],
-    )
-    assert spec.mounts == [Mount(str(shared), "/data"), Mount(str(shared / "datasets" / "d1"), "/input", True)]
+def test_by_default_no_payload_volume_but_the_share_itself(settings: Settings, shared: Path) -> None:
+    # A job can write to the share, so it could swap a checked folder for a symlink before Docker mounts it.
+    spec = spec_for(settings, volumes=[{"host": str(shared), "container": "/data", "mode": "rw"}])
+    assert spec.mounts == [Mount(str(shared), "/data")]  # from the worker's own setting, not from the payload
+    reason = refused(settings, volumes=[{"host": f"{shared}/datasets", "container": "/input"}])
+    assert "ALLOWED_VOLUME_ROOTS" in reason
 
 
 @pytest.mark.parametrize("host", ["/", "/etc", "/var/run/docker.sock", "/run/docker.sock", "/var/run"])
-def test_host_paths_outside_the_share_are_refused(settings: Settings, host: str) -> None:
-    assert "outside the allowed host paths" in refused(settings, volumes=[{"host": host, "container": "/x"}])
+def test_host_paths_outside_the_allowed_roots_are_refused(settings: Settings, shared: Path, host: str) -> None:
+    opted_in = dataclasses.replace(settings, allowed_volume_roots=(shared,))
+    assert "outside the allowed host paths" in refused(opted_in, volumes=[{"host": host, "container": "/x"}])
 
 
-def test_symlink_out_of_the_share_is_refused(settings: Settings, shared: Path, tmp_path: Path) -> None:
+def test_symlink_out_of_an_allowed_root_is_refused(settings: Settings, shared: Path, tmp_path: Path) -> None:
+    opted_in = dataclasses.replace(settings, allowed_volume_roots=(shared,))
     (tmp_path / "outside").mkdir()
     (shared / "escape").symlink_to(tmp_path / "outside")
     (shared / "loop").symlink_to(shared / "loop")
     for host in (f"{shared}/escape", f"{shared}/escape/sub", f"{shared}/loop"):
-        assert "outside the allowed host paths" in refused(settings, volumes=[{"host": host, "container": "/x"}])
+        assert "outside the allowed host paths" in refused(opted_in, volumes=[{"host": host, "container": "/x"}])
 
 
-def test_allowed_volume_roots_replace_the_default(settings: Settings, tmp_path: Path, shared: Path) -> None:
+def test_allowed_volume_roots_are_an_opt_in_and_must_be_visible(settings: Settings, tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     (scratch / "run1").mkdir(parents=True)
     custom = dataclasses.replace(settings, allowed_volume_roots=(scratch,))
-    spec = spec_for(custom, volumes=[{"host": f"{scratch}/run1", "container": "/scratch"}])
-    assert spec.mounts[-1] == Mount(str(scratch / "run1"), "/scratch")
-    # The share is still at /data, but its subfolders are no longer an allowed volume source.
-    assert "outside" in refused(custom, volumes=[{"host": f"{shared}/datasets", "container": "/x"}])
+    spec = spec_for(custom, volumes=[{"host": f"{scratch}/run1", "container": "/scratch", "mode": "ro"}])
+    assert spec.mounts[-1] == Mount(str(scratch / "run1"), "/scratch", True)
+    unseen = dataclasses.replace(settings, allowed_volume_roots=(tmp_path / "not-mounted-here",))
+    reason = refused(unseen, volumes=[{"host": f"{tmp_path}/not-mounted-here/x", "container": "/x"}])
+    assert "not visible to the worker" in reason
 
 
 def test_a_socket_or_a_folder_holding_the_docker_socket_is_refused(
@@ -114,6 +113,7 @@ def test_a_socket_or_a_folder_holding_the_docker_socket_is_refused(
 
 
 def test_volume_targets_inside_data_are_refused(settings: Settings, shared: Path) -> None:
+    settings = dataclasses.replace(settings, allowed_volume_roots=(shared,))
     reason = refused(settings, volumes=[{"host": f"{shared}/datasets", "container": "/data/jobs/other"}])
     assert "shadow" in reason
 
@@ -132,9 +132,13 @@ def test_host_namespaces_refused_unless_allowed(settings: Settings, option: str)
     assert "another container" in refused(allowed, **{option: "container:opeva-job-x"})
 
 
-def test_ordinary_networks_pass_and_unknown_pid_modes_do_not(settings: Settings) -> None:
+def test_only_bridge_none_and_allowed_networks_pass_and_unknown_pid_modes_do_not(settings: Settings) -> None:
     assert spec_for(settings, network_mode="none").network_mode == "none"
-    assert spec_for(settings, network_mode="opeva-net").network_mode == "opeva-net"
+    assert spec_for(settings, network_mode="bridge").network_mode == "bridge"
+    # A user-defined network could be the backend's private one.
+    assert "ALLOWED_NETWORKS" in refused(settings, network_mode="opeva-net")
+    allowed = dataclasses.replace(settings, allowed_networks=("opeva-net",))
+    assert spec_for(allowed, network_mode="opeva-net").network_mode == "opeva-net"
     assert "pid_mode" in refused(settings, pid_mode="private")
 
 

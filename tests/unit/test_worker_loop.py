@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import Rig
 from fakes import Script
 from harness import wait_for
+from rig import Rig
 
 
 def test_never_more_jobs_at_once_than_slots_and_all_finish(rig: Rig) -> None:
@@ -161,3 +161,30 @@ def test_a_backend_outage_is_waited_out_and_the_status_delivered(rig: Rig, caplo
         rig.wait_status("a", "finished")
     delivery = [r.getMessage() for r in caplog.records if "status delivery" in r.getMessage()]
     assert len(delivery) == 2 and "unavailable" in delivery[0] and "is back" in delivery[1]
+
+
+def test_sigterm_during_an_image_pull_hands_the_job_back_and_starts_nothing(rig: Rig) -> None:
+    rig.executor.block_start.set()
+    rig.backend.submit("a")
+    worker = rig.start()
+    wait_for(lambda: rig.backend.status("a") == "dispatched", 2, "job taken")
+    wait_for(lambda: rig.worker is not None and rig.worker.heartbeat_info()["active_job_count"] == 1, 2, "pulling")
+
+    worker.shutdown()
+
+    rig.wait_exit()
+    assert rig.backend.status("a") == "queued" and rig.executor.containers == {}
+    assert rig.backend.jobs["a"]["error_code"] == "worker_shutdown"
+
+
+def test_a_job_handed_back_to_a_backend_that_refuses_queued_is_failed_with_the_reason(rig: Rig) -> None:
+    rig.executor.block_start.set()
+    rig.backend.refused["queued"] = True
+    rig.backend.submit("a")
+    worker = rig.start()
+    wait_for(lambda: rig.worker is not None and rig.worker.heartbeat_info()["active_job_count"] == 1, 2, "pulling")
+
+    worker.shutdown()
+
+    rig.wait_exit()
+    assert (rig.backend.status("a"), rig.backend.jobs["a"]["error_code"]) == ("failed", "worker_shutdown")

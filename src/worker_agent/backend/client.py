@@ -41,7 +41,12 @@ class BackendClient:
         max_response_bytes: int = defaults.MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"User-Agent": f"job-worker-agent/{__version__}", "Accept": "application/json"}
+        # Identity only: a compressed answer can inflate far past any cap before a chunk is counted.
+        headers = {
+            "User-Agent": f"job-worker-agent/{__version__}",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+        }
         if token:
             # Checked here, once: a token httpx cannot send would fail every call. Never echo its value.
             if not token.isascii() or not token.isprintable() or " " in token:
@@ -132,10 +137,13 @@ class BackendClient:
 
         httpx's timeout bounds each read; the deadline also bounds a backend that drips a byte at a time.
         """
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise BackendError(f"answer is compressed ({encoding[:20]}) though the worker asked for identity")
         deadline = time.monotonic() + self._timeout
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_bytes():  # identity: no decoding happens here
             size += len(chunk)
             if size > self._max_bytes:
                 raise BackendError(f"answer larger than {self._max_bytes} bytes")

@@ -84,6 +84,10 @@ class Reporter:
             # stop_requested -> finished is not allowed: a job that ended after a stop request is stopped.
             self._deliver(dataclasses.replace(update, status=Status.STOPPED))
             return
+        if update.status == Status.QUEUED and current in (Status.DISPATCHED, Status.SETUP):
+            # A backend that does not take a job back from a worker: fail it, saying why, so it can be resubmitted.
+            self._deliver(dataclasses.replace(update, status=Status.FAILED))
+            return
         if update.status == Status.RUNNING and current in STOPPING:
             self._on_stop_seen(update.job_id)
             return

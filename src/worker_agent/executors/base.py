@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -16,6 +17,10 @@ class JobLost(ExecutorError):
     """The job's container (or batch job) no longer exists."""
 
 
+class StartCancelled(ExecutorError):
+    """The worker is shutting down: the job was not started (nothing of it is left behind)."""
+
+
 class ExecutorUnavailable(Exception):
     """The executor itself (e.g. dockerd) cannot be reached; retry later, the job is not at fault."""
 
@@ -27,10 +32,11 @@ class Executor(Protocol):
         """The executor's version; raises ExecutorUnavailable when it cannot be reached."""
         ...
 
-    def start(self, spec: JobSpec, progress: Callable[[str], None]) -> JobHandle:
+    def start(self, spec: JobSpec, progress: Callable[[str], None], cancel: threading.Event) -> JobHandle:
         """Start the job with its output captured from the first byte; raises ExecutorError.
 
-        `progress` receives one-line notes (e.g. image pull progress) for the worker and job logs.
+        `progress` receives one-line notes (e.g. image pull progress) for the worker and job logs. Once
+        `cancel` is set (the worker shuts down) a pull is abandoned and nothing is created: StartCancelled.
         """
         ...
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -15,8 +16,9 @@ import requests
 from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
+from worker_agent import defaults
 from worker_agent.domain import JobHandle, JobSpec
-from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost
+from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost, StartCancelled
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,11 @@ class DockerExecutor:
         pull_policy: str = "if-not-present",
         client: docker.DockerClient | None = None,
         timeout: float = 60.0,
+        log_bytes: int = 2 * 1024**3,
     ) -> None:
         self._pull_policy = pull_policy
+        files = defaults.DOCKER_LOG_FILES
+        self._log_options = {"max-size": str(max(1, log_bytes // files)), "max-file": str(files)}
         self._client = client
         self._timeout = timeout
         self._attached: dict[str, Any] = {}
@@ -85,8 +90,16 @@ class DockerExecutor:
         with _engine("ping"):
             return str(self._api.version().get("Version", "unknown"))
 
-    def start(self, spec: JobSpec, progress: Callable[[str], None] = lambda line: None) -> JobHandle:
-        self._ensure_image(spec.image, progress)
+    def start(
+        self,
+        spec: JobSpec,
+        progress: Callable[[str], None] = lambda line: None,
+        cancel: threading.Event | None = None,
+    ) -> JobHandle:
+        cancel = cancel or threading.Event()
+        self._ensure_image(spec.image, progress, cancel)
+        if cancel.is_set():
+            raise StartCancelled("the worker is shutting down; the container was not created")
         try:
             return self._start(spec)
         except ExecutorError as exc:
@@ -104,8 +117,9 @@ class DockerExecutor:
         with _engine(f"create container {spec.name}"):
             host_config = self._api.create_host_config(
                 mounts=mounts,
-                # json-file whatever the daemon's default: it is what a restarted worker catches up from.
-                log_config=LogConfig(type=LogConfig.types.JSON),
+                # json-file whatever the daemon's default: it is what a restarted worker catches up from
+                # (logs/messages.py), bounded by the worker's own setting, never by the daemon's log-opts.
+                log_config=LogConfig(type=LogConfig.types.JSON, config=self._log_options),
                 security_opt=["no-new-privileges"],
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
                 mem_limit=spec.memory_bytes,
@@ -195,7 +209,7 @@ class DockerExecutor:
 
     # --- helpers ---
 
-    def _ensure_image(self, image: str, progress: Callable[[str], None]) -> None:
+    def _ensure_image(self, image: str, progress: Callable[[str], None], cancel: threading.Event) -> None:
         if self._pull_policy != "always" and self.has_image(image):
             return
         if self._pull_policy == "never":
@@ -206,12 +220,16 @@ class DockerExecutor:
             with _engine(f"pull {image}"):
                 last = ""
                 for event in self._api.pull(repository, tag=tag, stream=True, decode=True):
+                    if cancel.is_set():
+                        raise StartCancelled(f"the worker is shutting down; pull of {image} abandoned")
                     if "error" in event:
                         raise ExecutorError(f"image {image} could not be pulled: {event['error']}")
                     line = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
                     if line and line != last and "progress" not in event:
                         progress(line)
                         last = line
+        except StartCancelled:
+            raise
         except ExecutorError as exc:
             if self._pull_policy == "always" and self.has_image(image):
                 progress(f"pull failed ({exc}); using the local copy of {image}")

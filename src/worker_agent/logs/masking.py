@@ -13,14 +13,14 @@ because the held tail is the masker's only state and what it returned never depe
 stream needs its own masker and offset. Call `flush` only at the input's real end: it stops waiting for the rest
 of a secret.
 
-How it is fast. Forms of 16 bytes or more (as many as a cost model finds worth it) are found by sampling: the 8-byte
-word at each multiple of `stride` in the input (stride = shortest sampled form - 7) is looked up in a set of the
+How it is fast. Forms of 8 bytes or more (as many as a cost model finds worth it) are found by sampling: the 4-byte
+word at each multiple of `stride` in the input (stride = shortest sampled form - 3) is looked up in a set of the
 words at offsets 0 .. stride - 1 of each sampled form. Exactly one sampled offset falls in the first `stride` bytes
 of any occurrence, so each occurrence gives one hit, which is then compared in full. The words come out of
-memoryview.cast(...).tolist() in C; at ~80 ns per lookup and a stride of 13-20 that is 150-200 MB/s whatever the
-number of secrets. The remaining shorter forms get one bytes.find each. Measured with 32 secrets (131 forms) on the
-2-core dev machine: one bytes.find per form 60 MB/s, one `re` alternation 4 MB/s, this 160-200 MB/s (Aho-Corasick
-from the ahocorasick-rs wheel, a new dependency, 490 MB/s).
+memoryview.cast(...).tolist() in C at ~40-60 ns each, so the cost per byte falls with the stride and does not grow
+with the number of secrets. The remaining shorter forms get one bytes.find each. Measured with 32 secrets (131
+forms) on the 2-core dev machine: one bytes.find per form 60 MB/s, one `re` alternation 4 MB/s, this ~200 MB/s;
+Aho-Corasick from the ahocorasick-rs wheel (a new dependency) 490 MB/s.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import json
 import sys
 import urllib.parse
 from collections.abc import Iterable
+from typing import Final
 
 # Shorter values would mask ordinary text all over the log.
 MIN_SECRET_LENGTH = 4
@@ -40,14 +41,16 @@ SECRET_MASK = b"***"
 # 17 MB per core. Secrets of 6 bytes or more have a core this long (7 or more: in all three alignments).
 BASE64_MIN_CORE = 8
 
-_WORD = 4  # EXPERIMENT
-_CAST = "i"
-_MIN_SAMPLED = 8
-# Measured on the 2-core dev machine (bench/masking.py): looking up one sampled word costs about 80 ns, while
+# Sampled words are 4 bytes, read as C ints (4 bytes wherever CPython runs): a wider word needs a shorter stride
+# (length - width + 1) and costs as much per lookup; 8-byte words measured slower on every mix of secrets tried.
+_WORD = 4
+_CAST: Final = "i"
+_MIN_SAMPLED = 8  # the stride (length - 3) must be at least 4, the step of the one-view sample of small buffers
+# Measured on the 2-core dev machine (bench/masking.py): looking up one sampled word costs about 40-60 ns, while
 # bytes.find for an L-byte pattern costs about 1.8 * L**-0.7 ns per byte. Only their ratio matters here.
-_WORD_COST = 40.0
+_WORD_COST = 50.0
 _FIND_COST = 1.8
-# Below this many bytes, one view of every word beats eight strided views: each view costs ~1 us of Python.
+# Below this many bytes, one view of every word beats four strided views: each view costs ~1 us of Python.
 _ONE_VIEW_BELOW = 1024
 _BLOCK = 64  # sampled words checked together before looking at them one by one
 
@@ -108,7 +111,7 @@ class _Tables:
         # word (the integer memoryview.cast(_CAST) reads) -> (form, offset of the word in it).
         self.stride = min(map(len, sampled), default=_MIN_SAMPLED) - _WORD + 1
         self.anchors: dict[int, list[tuple[bytes, int]]] = {}
-        # A held tail of 8 bytes or more ends with a word of the form it starts: last word -> (form, prefix length).
+        # A held tail of 4 bytes or more ends with a word of the form it starts: last word -> (form, prefix length).
         self.tail_words: dict[int, list[tuple[bytes, int]]] = {}
         for form in forms:
             words = _words_of(form)
@@ -122,14 +125,14 @@ class _Tables:
         self.by_first: dict[int, list[bytes]] = {}
         for form in forms:
             self.by_first.setdefault(form[0], []).append(form)
-        # Prefixes of 1-7 bytes, by length, for held tails too short to have a last word; and their last bytes,
-        # so that most feeds (ending with a newline, say) skip the seven look-ups.
+        # Prefixes of 1-3 bytes, by length, for held tails too short to have a last word; and their last bytes,
+        # so that most feeds (ending with a newline, say) skip the three look-ups.
         self.short_prefixes = [frozenset(f[:size] for f in forms if len(f) > size) for size in range(_WORD)]
         self.short_ends = frozenset(prefix[-1] for prefixes in self.short_prefixes for prefix in prefixes if prefix)
 
 
 def _words_of(form: bytes) -> list[int]:
-    """The 8-byte substrings of `form` as native integers, by offset."""
+    """The 4-byte substrings of `form` as native integers, by offset."""
     view = memoryview(form)
     words = [0] * max(0, len(form) - _WORD + 1)
     for start in range(min(_WORD, len(words))):
@@ -270,9 +273,9 @@ def _sampled_words(buf: bytes, stride: int) -> list[tuple[int, int, list[int]]]:
     view = memoryview(buf)
     size = len(buf)
     if size < _ONE_VIEW_BELOW:
-        # The word at every multiple of 8: each occurrence has one within its first 8 <= stride bytes.
+        # The word at every multiple of 4: each occurrence has one within its first 4 <= stride bytes.
         return [(0, _WORD, view[: size - size % _WORD].cast(_CAST).tolist())]
-    # Offset k * stride with k = 8i + j is word i * stride of view j: eight views give every sampled offset.
+    # Offset k * stride with k = 4i + j is word i * stride of view j: four views give every sampled offset.
     views = []
     for j in range(_WORD):
         first = j * stride
@@ -287,7 +290,7 @@ def _tail_starts(tables: _Tables, buf: bytes) -> list[int]:
     size = len(buf)
     starts = []
     if size >= _WORD:
-        # A prefix of 8+ bytes ends with one of the form's words: look the last word of buf up.
+        # A prefix of 4+ bytes ends with one of the form's words: look the last word of buf up.
         last = int.from_bytes(buf[-_WORD:], sys.byteorder, signed=True)
         for form, length in tables.tail_words.get(last, ()):
             if buf.endswith(form[:length]):

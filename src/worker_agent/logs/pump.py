@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from worker_agent.domain import LogPosition
 from worker_agent.logs.jobfiles import JobLog
-from worker_agent.logs.masking import SECRET_MASK, SecretMasker
+from worker_agent.logs.masking import MIN_SECRET_LENGTH, SECRET_MASK, SecretMasker
 from worker_agent.logs.messages import MessageSplitter
 from worker_agent.ops import metrics
 
@@ -80,9 +80,11 @@ class LogPump:
                 data, count = self._splitters[stream].flush()
                 self._messages[stream] += count
                 self._write(self._maskers[stream].feed(data))
-            if self._maskers[stream].flush():
-                # What a masker still holds is the start of a secret that the job's end cut off: mask it too.
-                self._write(SECRET_MASK)
+            masker = self._maskers[stream]
+            held, tail = masker.held, masker.flush()
+            # A held tail is the start of some secret that the job's end cut off. Four bytes or more of it
+            # could mean something: mask it; a shorter one is most often an ordinary word's first letters.
+            self._write(SECRET_MASK if held >= MIN_SECRET_LENGTH and tail else tail)
         self._log.sync()
         self._on_checkpoint(self.position)
 
