@@ -66,7 +66,7 @@ YAML
 
 say "starting job-worker-agent (log: .demo/worker.log)"
 OPEVA_SERVER=$server WORKER_ID=demo-worker OPEVA_SHARED_DIR=$shared \
-WORKER_IMAGE=opeva-demo-sim:latest ALLOWED_IMAGES='opeva-demo-sim:*' \
+WORKER_IMAGE=opeva-demo-sim:latest ALLOWED_IMAGES='opeva-demo-sim:*' IMAGE_PULL_POLICY=if-not-present \
 WORKER_STATE_DIR=$demo/state METRICS_PORT=0 POLL_INTERVAL=1 STATUS_POLL_INTERVAL=2 \
     "$root/.venv/bin/job-worker-agent" run --exit-after-job >"$demo/worker.log" 2>&1 &
 worker_pid=$!

@@ -117,6 +117,10 @@ class FakeExecutor:
     def start_created(self, job: JobHandle) -> None:
         self.ping()
 
+    def end_details(self, job: JobHandle) -> dict[str, Any]:
+        self.ping()
+        return {"oom_killed": self._get(job).script.exit_code == 137 and not self._get(job).stopped}
+
     def output(self, job: JobHandle, from_start: bool, follow: bool = True) -> Iterator[tuple[int, bytes]]:
         self.ping()
         container = self._get(job)

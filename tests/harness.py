@@ -157,6 +157,8 @@ class WorkerProcess:
             "OPEVA_SHARED_DIR": str(devserver.shared),
             "WORKER_STATE_DIR": str(self.state_dir),
             "WORKER_IMAGE": BUSYBOX_IMAGE,
+            # The test images are built here: never ask a registry for them (no network beyond loopback).
+            "IMAGE_PULL_POLICY": "if-not-present",
             "ALLOWED_IMAGES": "opeva-test-*",
             "POLL_INTERVAL": "0.5",
             "STATUS_POLL_INTERVAL": "1",

@@ -1,4 +1,4 @@
-"""HTTP layer: the agent API (orchestrator 1.0, or CONTRACT.md's 2026-04 with --protocol) and OPEVA-shaped job
+"""HTTP layer: the agent API (orchestrator 1.0, or docs/contract.md's 2026-04 with --protocol) and OPEVA-shaped job
 control and operator APIs."""
 
 from __future__ import annotations
@@ -409,7 +409,10 @@ def _add_shared_routes(app: FastAPI, deps: _Deps) -> None:
         if job is None:
             return _not_found()
         keys = ("job_id", "status", "worker_id", "exit_code", "error", "updated_at", "status_updated_at")
-        return JSONResponse({key: job[key] for key in keys})
+        answer = {key: job[key] for key in keys}
+        if settings.protocol == CURRENT and job.get("attempt_number"):
+            answer["attempt_number"] = job["attempt_number"]  # lets a worker see its attempt was replaced
+        return JSONResponse(answer)
 
     @app.get("/jobs", tags=["jobs"])
     def jobs(

@@ -1,7 +1,7 @@
 """The two protocols the dev server speaks, and the small pure rules of the orchestrator 1.0 one.
 
 ``1.0`` (the default) is what OPEVA's job_orchestrator_agent speaks: the ``setup`` state, attempt fencing,
-heartbeat keep-alive, GPU routing, operator requeue. ``2026-04`` is the older contract of CONTRACT.md, kept
+heartbeat keep-alive, GPU routing, operator requeue. ``2026-04`` is the older contract of docs/contract.md, kept
 unchanged so that compatibility tests can run a worker against it.
 """
 

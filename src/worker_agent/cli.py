@@ -1,4 +1,5 @@
-"""Command line: `job-worker-agent [run]` starts the worker, `job-worker-agent doctor` checks the host.
+"""Command line: `job-worker-agent [run]` starts the worker, `job-worker-agent doctor` checks the host,
+`job-worker-agent status` shows what the worker on this host is doing.
 
 Every setting is a flag or an env var (config.py).
 """
@@ -28,23 +29,35 @@ def build_parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="run",
-        choices=["run", "doctor"],
+        choices=["run", "doctor", "status"],
         help="run: start the worker (default); doctor: check configuration, backend, clock, Docker, image "
-        "and shared directory, print a table, exit 0 only when the worker can run jobs",
+        "and shared directory, print a table, exit 0 only when the worker can run jobs; "
+        "status: show the worker's jobs (age, log bytes, pending statuses, container), outbox and health, "
+        "read from WORKER_STATE_DIR and 127.0.0.1:METRICS_PORT without changing anything; exit 0 when the "
+        "worker answered /readyz with 200, 1 when it is not ready or not answering (not running), "
+        "2 on an invalid setting",
     )
+    parser.add_argument("--json", action="store_true", help="status only: print JSON for scripts instead of a table")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     config.add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and args.command != "status":
+        parser.error("--json goes with the status command")
     if args.command == "doctor":
         from worker_agent.ops import doctor
 
         return doctor.main(args)
     try:
         settings = config.load(args)
+        if args.command == "status":
+            from worker_agent.ops import status
+
+            return status.main(settings, as_json=args.json)
         logsetup.configure(settings.log_level, settings.log_format)
         for line in config.describe(settings):
             log.debug("setting %s", line)

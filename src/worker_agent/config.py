@@ -264,8 +264,9 @@ OPTIONS: tuple[Option, ...] = (
         "image_pull_policy",
         "IMAGE_PULL_POLICY",
         "--image-pull-policy",
-        _choice("if-not-present", "always", "never"),
-        f"When to pull a job image: if-not-present, always, never (default {defaults.IMAGE_PULL_POLICY}).",
+        _choice("auto", "if-not-present", "always", "never"),
+        "When to pull a job image: auto (:latest or no tag: always; a pinned tag or digest: if not present), "
+        f"if-not-present, always, never (default {defaults.IMAGE_PULL_POLICY}).",
     ),
     Option(
         "exit_after_job",

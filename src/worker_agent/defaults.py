@@ -20,8 +20,9 @@ STOP_GRACE_PERIOD_SECONDS = 30.0
 MAX_ACTIVE_JOBS = 1
 # Job image when the backend names none (older backends never do).
 WORKER_IMAGE = "calof/opeva_simulator:latest"
-# When to pull a job image: if-not-present, always or never.
-IMAGE_PULL_POLICY = "if-not-present"
+# When to pull a job image: auto (:latest or no tag -> always, pinned -> if-not-present), if-not-present,
+# always or never.
+IMAGE_PULL_POLICY = "auto"
 # Durable state (status outbox, active job record); a volume in container deployments.
 STATE_DIR = "/var/lib/job-worker-agent"
 # Python logging level of the worker's own log.

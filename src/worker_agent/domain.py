@@ -68,6 +68,10 @@ class StatusUpdate:
     error_category: str | None = None  # user, infrastructure or worker
     error_hint: str | None = None  # one sentence for the person who submitted the job
     details: dict[str, Any] = field(default_factory=dict)
+    # The dispatch this status belongs to (orchestrator 1.0 attempt fencing); the token is a secret.
+    attempt_number: int | None = None
+    attempt_token: str | None = field(default=None, repr=False)
+    worker_version: str | None = None
 
     def __post_init__(self) -> None:
         # Read back from the outbox the status is a plain string: make it a Status again (ValueError if unknown).
@@ -100,6 +104,8 @@ class JobRecord:
     container_name: str
     position: LogPosition = field(default_factory=LogPosition)
     started_at: float = field(default_factory=time.time)
+    attempt_number: int | None = None
+    attempt_token: str | None = field(default=None, repr=False)  # a secret: state dir files are mode 0600
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class JobSpec:
     privileged: bool = False
     network_mode: str | None = None
     pid_mode: str | None = None
+    attempt_number: int | None = None
 
 
 @dataclass

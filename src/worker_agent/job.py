@@ -7,7 +7,6 @@ reports the end through the reporter's durable outbox.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -15,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker_agent import __version__
 from worker_agent.backend.client import BackendClient, BackendError, Conflict
-from worker_agent.backend.reporter import Reporter
+from worker_agent.backend.reporter import Reporter, owns
 from worker_agent.backoff import Outage
 from worker_agent.config import Settings
 from worker_agent.domain import STOPPING, TERMINAL, JobHandle, JobRecord, LogPosition, Status, StatusUpdate, StopReason
-from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable, StartCancelled
+from worker_agent.errors import exit_code_error, failure
+from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable, ImageUnavailable, StartCancelled
 from worker_agent.health import Health
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.pump import LogPump
@@ -79,6 +80,9 @@ class JobRun:
         self._stop_reason: StopReason | None = None
         self._stop_sent = False
         self._fail_reason: str | None = None  # the container vanished under the job
+        self._lost: str | None = None  # why this worker no longer owns the job (set from any thread)
+        self.attempt_number: int | None = None
+        self._attempt_token: str | None = None
         self._check_now = threading.Event()
         self._wake = threading.Event()  # the pump ended, a status check is due at once, or the worker stops
         self._executor_outage = Outage("executor", log, extra={"job_id": job_id})
@@ -94,14 +98,17 @@ class JobRun:
 
     def run_new(self, payload: JobPayload) -> Status | None:
         """Start the payload's job and supervise it to its end; the status reported last, None if none."""
+        self.attempt_number, self._attempt_token = payload.attempt_number, payload.attempt_token
+        if self.ctx.reporter.knows_setup:
+            self._report(Status.SETUP)  # accepted: the image pull and container creation come next
         try:
             spec = build_spec(payload, self.ctx.settings)
         except PayloadError as exc:
-            return self._fail_unstarted(f"invalid_payload: {exc.reason}")
+            return self._fail(exc.code, f"{exc.code}: {exc.reason}")
         try:
             self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
         except OSError as exc:
-            return self._fail_unstarted(f"cannot write the job log: {exc}")
+            return self._fail("log_unwritable", f"cannot write the job log: {exc}")
         try:
             if short := unmaskable_secrets(spec.env, self.ctx.settings):
                 self._note(f"not masked in this log: {', '.join(short)} (values of 1-3 characters cannot be masked)")
@@ -113,8 +120,15 @@ class JobRun:
                 return self.hand_back()
             except (ExecutorError, ExecutorUnavailable) as exc:
                 self._note(f"job could not start: {exc}")
-                return self._fail_unstarted(str(exc))
-            self.record = JobRecord(self.job_id, self.handle.ref, self.handle.name, LogPosition(file_size=log_size))
+                return self._fail(_start_error_code(exc), str(exc))
+            self.record = JobRecord(
+                self.job_id,
+                self.handle.ref,
+                self.handle.name,
+                LogPosition(file_size=log_size),
+                attempt_number=self.attempt_number,
+                attempt_token=self._attempt_token,
+            )
             self.ctx.state.save_job(self.record)
             self._report(Status.RUNNING)
             return self._supervise()
@@ -128,6 +142,7 @@ class JobRun:
         if record is None or record.container_id != handle.ref:
             record = JobRecord(handle.job_id, handle.ref, handle.name)
         self.record = record
+        self.attempt_number, self._attempt_token = record.attempt_number, record.attempt_token
         log.info("re-adopting job %s (container %s)", self.job_id, handle.name, extra=self._extra)
         try:
             self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
@@ -148,7 +163,8 @@ class JobRun:
         assert self.handle is not None
         status: Status | None = Status.RUNNING  # if the backend cannot be asked now: run it, the checks stop it
         try:
-            status = self.ctx.backend.job_status(self.job_id)
+            view = self.ctx.backend.job_status(self.job_id)
+            status = view.status if view and owns(view, self.ctx.settings.worker_id, self.attempt_number) else None
         except BackendError as exc:
             log.debug("status check failed: %s", exc, extra=self._extra)
         if status in (Status.DISPATCHED, Status.SETUP, Status.RUNNING):
@@ -160,7 +176,7 @@ class JobRun:
             except (ExecutorError, ExecutorUnavailable) as exc:
                 self._note(f"job could not start: {exc}")
                 self._remove()
-                self._fail_unstarted(f"the container could not be started: {exc}")
+                self._fail(_start_error_code(exc), f"the container could not be started: {exc}")
                 return False
         log.warning("job %s: never started and the backend has it as %s; removing it", self.job_id, status)
         self._remove()
@@ -180,10 +196,16 @@ class JobRun:
         """Look at the worker's shutdown flag now rather than at the next tick."""
         self._wake.set()
 
+    def lose(self, why: str) -> None:
+        """This worker no longer owns the job (another attempt has it): stop it at once, report nothing."""
+        self._lost = self._lost or why
+        self._wake.set()
+
     def summary(self) -> dict[str, Any]:
         """This job as the heartbeat lists it."""
         return {
             "job_id": self.job_id,
+            "attempt_number": self.attempt_number,
             "status": str(self.status or Status.SETUP),
             "started_at": self.record.started_at if self.record else self.accepted_at,
             "container_name": self.handle.name if self.handle else None,
@@ -229,6 +251,8 @@ class JobRun:
                 code = self._settle()
                 if code is not None:
                     return self._finish(code)
+            if self._lost is not None and self._stop_reason is None:
+                self._give_up_ownership(self._lost)
             if self.ctx.shutdown.is_set():
                 if not settings.stop_job_on_exit:
                     log.info("job %s left running for the next worker start", self.job_id, extra=self._extra)
@@ -246,16 +270,28 @@ class JobRun:
 
     def _check_backend(self) -> None:
         try:
-            status = self.ctx.backend.job_status(self.job_id)
+            view = self.ctx.backend.job_status(self.job_id)
         except BackendError as exc:
             log.debug("status check failed: %s", exc, extra=self._extra)
             return
-        if status in STOPPING:
-            self.stop(StopReason.CANCELED if status == Status.CANCELED else StopReason.REQUESTED)
-        elif status is None or status in TERMINAL or status == Status.QUEUED:
-            # The backend has given up on this job (or never knew it): running it on helps no one.
-            log.warning("job %s: backend has it as %s", self.job_id, status, extra=self._extra)
-            self.stop(StopReason.LOST_OWNERSHIP)
+        if view is None:
+            self.lose("the backend does not know the job")
+        elif not owns(view, self.ctx.settings.worker_id, self.attempt_number):
+            self.lose(f"the backend gave it to worker {view.worker_id}, attempt {view.attempt_number}")
+        elif view.status in STOPPING:
+            self.stop(StopReason.CANCELED if view.status == Status.CANCELED else StopReason.REQUESTED)
+        elif view.status in TERMINAL or view.status == Status.QUEUED:
+            self.lose(f"the backend has it as {view.status}")
+
+    def _give_up_ownership(self, why: str) -> None:
+        log.warning("job %s: no longer this worker's (%s); removing its container", self.job_id, why, extra=self._extra)
+        dropped = self.ctx.reporter.drop_attempt(self.job_id, self.attempt_number)
+        if dropped:
+            log.info("job %s: %d pending status(es) of this attempt dropped", self.job_id, dropped, extra=self._extra)
+        self._note(f"this worker no longer runs the job ({why}); its container is removed")
+        assert self._log is not None
+        self._log.close()  # from here on the log belongs to whoever has the job now
+        self.stop(StopReason.LOST_OWNERSHIP)
 
     def _refresh_running(self) -> None:
         if self._stop_reason is not None:
@@ -290,6 +326,8 @@ class JobRun:
             return -1
         if self._executor_outage.down:
             self._executor_outage.succeeded()
+        if self._stop_reason == StopReason.LOST_OWNERSHIP:
+            return code  # its log is no longer this worker's to complete
         if code is not None and self._pump_state.complete and not self._executor_trouble:
             assert self._pump is not None
             self._pump.finish()  # only now: a stream that was merely cut holds its tail for the next pump
@@ -302,14 +340,13 @@ class JobRun:
 
     def _finish(self, code: int) -> Status | None:
         assert self.handle is not None
+        error_code, error, details = self._verdict(code)
         if self._stop_reason is not None:
-            status, error = self._stop_reason.status, self._stop_reason.error
-        elif self._fail_reason is not None:
-            status, error = Status.FAILED, self._fail_reason
+            status = self._stop_reason.status
         else:
-            status, error = (Status.FINISHED if code == 0 else Status.FAILED), None
+            status = Status.FAILED if error_code else Status.FINISHED
         if status is not None:
-            self._report(status, exit_code=code, error=error)
+            self._report(status, exit_code=code, error=error, error_code=error_code, **details)
         log.info("job %s ended: exit code %s, %s", self.job_id, code, status or "not reported", extra=self._extra)
         self._remove()
         self.ctx.state.forget_job(self.job_id)
@@ -318,17 +355,38 @@ class JobRun:
             metrics.JOB_DURATION.observe(max(0.0, self.ctx.clock() - self.record.started_at))
         return status
 
+    def _verdict(self, code: int) -> tuple[str | None, str | None, dict[str, Any]]:
+        """(error code, error, details) of a job that ended with `code`."""
+        assert self.handle is not None
+        details: dict[str, Any] = {"duration_seconds": round(self.ctx.clock() - self.accepted_at, 3)}
+        if self._pump is not None:
+            details["log_bytes"] = self._pump.written
+        if code > 128:
+            details["signal"] = code - 128
+        if self._stop_reason is not None:
+            timed_out = self._stop_reason == StopReason.TIMEOUT
+            return ("timeout" if timed_out else None), self._stop_reason.error, details
+        if self._fail_reason is not None:
+            return "lost_container", self._fail_reason, details
+        try:
+            ended = self.ctx.executor.end_details(self.handle)
+        except (ExecutorError, ExecutorUnavailable) as exc:
+            log.debug("no end details: %s", exc, extra=self._extra)
+            ended = {}
+        details.update({key: value for key, value in ended.items() if key not in ("error_code", "error")})
+        if ended.get("error_code"):  # an executor with its own verdict (Slurm: timeout, node failure...)
+            return str(ended["error_code"]), ended.get("error"), details
+        return exit_code_error(code, bool(ended.get("oom_killed"))), None, details
+
     def hand_back(self) -> Status:
         """The worker shuts down before the job started: give it back to the queue (or fail it, if refused)."""
         log.info("job %s: handed back to the backend (worker shutting down)", self.job_id, extra=self._extra)
-        update = StatusUpdate(self.job_id, Status.QUEUED, error="worker shut down before the job started")
-        self.status = Status.QUEUED
-        self.ctx.reporter.report(dataclasses.replace(update, error_code="worker_shutdown", error_category="worker"))
+        self._report(Status.QUEUED, error="worker shut down before the job started", error_code="worker_shutdown")
         return Status.QUEUED
 
-    def _fail_unstarted(self, error: str) -> Status:
+    def _fail(self, error_code: str, error: str) -> Status:
         log.error("job %s failed to start: %s", self.job_id, error, extra=self._extra)
-        self._report(Status.FAILED, error=error)
+        self._report(Status.FAILED, error=error, error_code=error_code)
         return Status.FAILED
 
     def _log_unwritable(self, exc: OSError) -> Status:
@@ -339,7 +397,7 @@ class JobRun:
                 self.ctx.executor.stop(self.handle, self.ctx.settings.stop_grace_period)
             except (ExecutorError, ExecutorUnavailable) as error:
                 log.warning("stopping job %s: %s", self.job_id, error, extra=self._extra)
-        self._report(Status.FAILED, error=f"cannot write the job log: {exc}")
+        self._report(Status.FAILED, error=f"cannot write the job log: {exc}", error_code="log_unwritable")
         return Status.FAILED
 
     def _remove(self) -> None:
@@ -393,10 +451,36 @@ class JobRun:
         if self._log is not None:
             self._log.note(line)
 
-    def _report(self, status: Status, exit_code: int | None = None, error: str | None = None) -> None:
+    def _report(
+        self,
+        status: Status,
+        exit_code: int | None = None,
+        error: str | None = None,
+        error_code: str | None = None,
+        **details: Any,
+    ) -> None:
         self.status = status
-        self.ctx.reporter.report(self._update(status, exit_code, error))
+        update = self._update(status, exit_code, error)
+        if error_code is not None:
+            update = failure(update, error_code, exit_code=exit_code, **details)
+        self.ctx.reporter.report(update)
 
     def _update(self, status: Status, exit_code: int | None = None, error: str | None = None) -> StatusUpdate:
         ref, name = (self.handle.ref, self.handle.name) if self.handle else (None, None)
-        return StatusUpdate(self.job_id, status, ref, name, exit_code=exit_code, error=error)
+        return StatusUpdate(
+            self.job_id,
+            status,
+            ref,
+            name,
+            exit_code=exit_code,
+            error=error,
+            attempt_number=self.attempt_number,
+            attempt_token=self._attempt_token,
+            worker_version=__version__,
+        )
+
+
+def _start_error_code(error: Exception) -> str:
+    if isinstance(error, ExecutorUnavailable):
+        return "docker_unavailable"
+    return "image_unavailable" if isinstance(error, ImageUnavailable) else "start_failed"

@@ -54,10 +54,11 @@ REFUSED_FIELDS = (
 class PayloadError(Exception):
     """The payload cannot be run. `job_id` is set when it is safe to report the failure against it."""
 
-    def __init__(self, reason: str, job_id: str | None = None) -> None:
+    def __init__(self, reason: str, job_id: str | None = None, code: str = "invalid_payload") -> None:
         super().__init__(reason)
         self.reason = reason
         self.job_id = job_id
+        self.code = code  # errors.py
 
 
 def _clean_text(value: str) -> str:
@@ -114,6 +115,10 @@ class JobPayload(BaseModel):
     env: dict[str, EnvValue] = Field(default_factory=dict, max_length=256)
     privileged: bool = False
     network_mode: DockerMode | None = None
+    # Orchestrator 1.0 attempt fencing: echoed on every status of this dispatch.
+    attempt_number: Annotated[int, Field(ge=0, le=2**31)] | None = None
+    attempt_token: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    deucalion_options: dict[str, Any] | None = Field(default=None, max_length=32)
     pid_mode: DockerMode | None = None
 
     @model_validator(mode="before")
@@ -174,11 +179,14 @@ class JobPayload(BaseModel):
         return list(self.command)
 
     def docker_name(self) -> str:
-        """A container name Docker accepts, whatever the payload's name holds."""
-        fallback = f"opeva-job-{self.job_id}"[:CONTAINER_NAME_MAX].rstrip("-_.")
+        """A container name Docker accepts, whatever the payload's name holds; one per attempt, since every
+        attempt of a job gets the same container_name and two may meet on one Docker engine."""
+        suffix = f"-a{self.attempt_number}" if self.attempt_number is not None else ""
+        room = CONTAINER_NAME_MAX - len(suffix)
+        fallback = f"opeva-job-{self.job_id}"[:room].rstrip("-_.")
         cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.container_name or fallback).strip("-_.")
-        name = cleaned[:CONTAINER_NAME_MAX].rstrip("-_.")
-        return name if len(name) >= 2 else fallback
+        name = cleaned[:room].rstrip("-_.")
+        return (name if len(name) >= 2 else fallback) + suffix
 
     def config_file(self, shared_dir: Path) -> Path:
         """The config's real path, checked to be inside the shared root (symlinks resolved) and to exist."""
@@ -192,7 +200,9 @@ class JobPayload(BaseModel):
         if not inside:
             raise PayloadError(f"config_path {self.config_path!r} leaves the shared directory", self.job_id)
         if not exists:
-            raise PayloadError(f"config file {self.config_path!r} not found in the shared directory", self.job_id)
+            raise PayloadError(
+                f"config file {self.config_path!r} not found in the shared directory", self.job_id, "config_missing"
+            )
         return resolved
 
 

@@ -32,6 +32,7 @@ def build_spec(payload: JobPayload, settings: Settings) -> JobSpec:
         image=image,
         command=payload.command_args(defaults.CONTAINER_DATA_DIR),
         name=payload.docker_name(),
+        attempt_number=payload.attempt_number,
         env=dict(payload.env),
         mounts=[Mount(str(settings.shared_dir), defaults.CONTAINER_DATA_DIR), *mounts],
         cpus=settings.job_cpus,

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from worker_agent import __version__, payload
-from worker_agent.backend.client import BackendClient, BackendError
+from worker_agent.backend.client import CAPABILITIES, BackendClient, BackendError
 from worker_agent.backend.heartbeat import Heartbeat
 from worker_agent.backend.reporter import Reporter
 from worker_agent.backoff import Outage
@@ -105,7 +105,9 @@ class Worker:
         self.executor = executor or _default_executor(settings)
         self.state = StateDir(settings.state_dir)
         self.outbox = self.state.outbox()
-        self.reporter = Reporter(self.backend, self.outbox, self.health, on_stop_seen=self._stop_seen)
+        self.reporter = Reporter(
+            self.backend, self.outbox, self.health, on_stop_seen=self._stop_seen, on_lost=self._lost
+        )
         self.heartbeat = Heartbeat(self.backend, settings.heartbeat_interval, self.heartbeat_info, self.health)
         self.health.on_change = self.heartbeat.beat_now
         self.stopping = threading.Event()  # SIGTERM/SIGINT: leave now, jobs stay running (detached)
@@ -222,6 +224,11 @@ class Worker:
         if run is not None:
             run.check_status_now()
 
+    def _lost(self, job_id: str, why: str) -> None:
+        run = self._slots.get(job_id)
+        if run is not None:
+            run.lose(why)
+
     # --- health of what the worker depends on ---
 
     def _executor_ready(self) -> bool:
@@ -249,6 +256,9 @@ class Worker:
         return {
             "worker_version": __version__,
             "executor": self.executor.name,
+            "capabilities": list(CAPABILITIES),
+            # True only when GPUs are configured and the runtime has not refused them.
+            "gpu_enabled": bool(self.settings.enable_gpu) and not getattr(self.executor, "gpus_refused", False),
             "max_active_jobs": self._slots.limit,
             "active_jobs": jobs,
             "active_job_ids": [job["job_id"] for job in jobs],

@@ -141,8 +141,9 @@ def test_job_status_stores_what_the_worker_reports(env: Env) -> None:
     assert [h["status"] for h in info["history"]] == ["queued", "dispatched", "running", "failed"]
     status = env.client.get(f"/status/{job_id}").json()
     assert set(status) == {
-        "job_id", "status", "worker_id", "exit_code", "error", "updated_at", "status_updated_at"
+        "job_id", "status", "worker_id", "exit_code", "error", "updated_at", "status_updated_at", "attempt_number"
     }  # fmt: skip
+    assert status["attempt_number"] == 1
     assert status["status"] == "failed" and status["exit_code"] == 3 and status["worker_id"] == "w1"
 
 

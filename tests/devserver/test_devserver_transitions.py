@@ -1,4 +1,4 @@
-"""The job-status transition table of CONTRACT.md, row by row, over the HTTP API."""
+"""The job-status transition table of docs/contract.md, row by row, over the HTTP API."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ STATES = [
     "canceled",
 ]
 
-# Written out from CONTRACT.md on purpose (not imported from the store).
+# Written out from docs/contract.md on purpose (not imported from the store).
 ALLOWED = {
     ("dispatched", "running"),
     ("dispatched", "failed"),

@@ -1,4 +1,4 @@
-"""A hostile backend: a tiny HTTP server in the test process that speaks CONTRACT.md's agent endpoints,
+"""A hostile backend: a tiny HTTP server in the test process that speaks docs/contract.md's agent endpoints,
 answers next-job with whatever the test queued (crafted payloads, garbage, slow or huge answers), and
 records every job-status, heartbeat and Authorization header. Workers are real processes, jobs run in
 the real dockerd."""

@@ -14,9 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker_agent.backend.client import BackendClient, BackendError, Conflict, UnknownJob
+from worker_agent.backend.client import (
+    BackendClient,
+    BackendError,
+    Conflict,
+    JobView,
+    Rejected,
+    StaleAttempt,
+    UnknownJob,
+)
 from worker_agent.config import ConfigError
-from worker_agent.domain import StatusUpdate
+from worker_agent.domain import Status, StatusUpdate
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -44,7 +52,7 @@ def test_token_is_sent_as_bearer_on_every_call() -> None:
     backend = client(handler, token="tok-123")
     backend.heartbeat({"a": 1})
     backend.send_status(StatusUpdate("j1", "running"))
-    assert backend.job_status("j1") == "running"
+    assert backend.job_status("j1") == JobView(Status.RUNNING)
     assert [r.headers["Authorization"] for r in seen] == ["Bearer tok-123"] * 3
     assert json.loads(seen[0].content) == {"worker_id": "w1", "info": {"a": 1}}
 
@@ -123,15 +131,56 @@ def test_compressed_answers_are_not_asked_for_and_refused_before_inflating() -> 
     assert peak < 10 * 1024 * 1024  # the 50 MB it inflates to were never made
 
 
+UNKNOWN_JOB = b'{"detail": "Job not found"}'  # the orchestrator's words; the devserver says "unknown job"
+
+
 def test_status_codes() -> None:
     with pytest.raises(Conflict):
         client(answer(409, b"{}")).send_status(StatusUpdate("j1", "running"))
-    assert client(answer(404)).job_status("j1") is None
+    with pytest.raises(StaleAttempt):
+        stale = b'{"detail": {"code": "stale_job_attempt", "message": "not the current attempt"}}'
+        client(answer(409, stale)).send_status(StatusUpdate("j1", "running"))
+    assert client(answer(404, UNKNOWN_JOB)).job_status("j1") is None
     for code in (500, 302, 401, 418):
         with pytest.raises(BackendError):
             client(answer(code, b"{}")).heartbeat({})
     with pytest.raises(UnknownJob):
-        client(answer(404)).send_status(StatusUpdate("j1", "running"))
+        client(answer(404, b'{"detail": "unknown job"}')).send_status(StatusUpdate("j1", "running"))
+    with pytest.raises(Rejected):
+        client(answer(400, b'{"detail": "unknown worker_id"}')).heartbeat({})
+
+
+@pytest.mark.parametrize("body", [b"", b"<html><body>404 Not Found</body></html>", b'{"detail": "Not Found"}'])
+def test_a_404_that_is_not_the_backends_word_on_the_job_is_an_outage(body: bytes) -> None:
+    # A wrong OPEVA_SERVER, a proxy, or a backend without the agent routes: the job must not be given up.
+    with pytest.raises(BackendError) as raised:
+        client(answer(404, body)).job_status("j1")
+    assert not isinstance(raised.value, UnknownJob)
+    with pytest.raises(BackendError) as raised:
+        client(answer(404, body)).send_status(StatusUpdate("j1", "finished"))
+    assert not isinstance(raised.value, UnknownJob)
+
+
+def test_status_answer_names_worker_and_attempt() -> None:
+    body = b'{"status": "running", "worker_id": "w2", "attempt_number": 3}'
+    assert client(answer(200, body)).job_status("j1") == JobView(Status.RUNNING, "w2", 3)
+
+
+def test_next_job_advertises_attempt_fencing() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    assert client(handler).next_job() is None
+    assert json.loads(seen[0].content) == {"worker_id": "w1", "capabilities": ["attempt_fencing_v1"]}
+
+
+def test_the_attempt_token_is_sent_but_never_shown() -> None:
+    update = StatusUpdate("j1", Status.RUNNING, attempt_number=2, attempt_token="s3cr3t-token")
+    assert update.body("w1")["attempt_token"] == "s3cr3t-token"
+    assert "s3cr3t-token" not in repr(update)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ def probe_with(status: int, seen: list[httpx.Request] | None = None, **headers: 
     def answer(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
-        return httpx.Response(status, headers=headers, json={"detail": "x"})
+        return httpx.Response(status, headers=headers, json={"detail": "unknown job"})
 
     return doctor.probe_backend(settings(token="s3cret"), httpx.MockTransport(answer))
 
@@ -122,3 +122,11 @@ def test_bad_configuration_stops_after_the_first_line(monkeypatch: pytest.Monkey
     checks = doctor.run_checks(None)
     assert [(c.name, c.result) for c in checks] == [("configuration", FAIL)]
     assert "POLL_INTERVAL" in checks[0].detail
+
+
+def test_a_server_without_the_agent_routes_is_broken_with_the_fix() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "Not Found"})  # FastAPI's answer for a route it lacks
+
+    check = doctor.check_backend(settings(), doctor.probe_backend(settings(), httpx.MockTransport(answer)))
+    assert check.result == FAIL and "no OPEVA agent API" in check.detail and "8011" in check.fix

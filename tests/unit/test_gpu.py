@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from docker.types import DeviceRequest
 
-from worker_agent.executors.docker import gpu_requests
+from worker_agent.executors.docker import effective_pull_policy, gpu_requests
 
 
 def test_no_gpus_means_no_device_requests() -> None:
@@ -35,3 +36,18 @@ def test_a_list_of_gpus_becomes_device_ids() -> None:
         "Capabilities": [["gpu"]],
         "Options": {},
     }
+
+
+@pytest.mark.parametrize(
+    ("image", "policy"),
+    [
+        ("calof/opeva_simulator:latest", "always"),
+        ("calof/opeva_simulator", "always"),
+        ("registry:5000/opeva/sim", "always"),
+        ("calof/opeva_simulator:1.4.2", "if-not-present"),
+        ("calof/opeva_simulator@sha256:" + "0" * 64, "if-not-present"),
+    ],
+)
+def test_auto_pull_policy_pulls_latest_every_time_and_pinned_images_once(image: str, policy: str) -> None:
+    assert effective_pull_policy("auto", image) == policy
+    assert effective_pull_policy("never", image) == "never"

@@ -13,7 +13,7 @@ def test_a_job_runs_to_finished_with_its_whole_log(rig: Rig) -> None:
     rig.start()
 
     rig.wait_status("j1", "finished")
-    assert rig.backend.history["j1"] == ["queued", "dispatched", "running", "finished"]
+    assert rig.backend.history["j1"] == ["queued", "dispatched", "setup", "running", "finished"]
     assert rig.log("j1").endswith(b"one\nerr\ntwo\n")
     assert rig.backend.jobs["j1"]["exit_code"] == 0
     wait_for(lambda: not rig.executor.running() and all(c.removed for c in rig.executor.containers.values()), 2, "rm")
@@ -36,7 +36,7 @@ def test_a_start_failure_is_failed_with_the_reason_in_status_and_log(rig: Rig) -
     rig.wait_status("j1", "failed")
     assert rig.backend.jobs["j1"]["error"] == "image not found"
     assert b"job could not start: image not found" in rig.log("j1")
-    assert rig.backend.history["j1"][-2:] == ["dispatched", "failed"]
+    assert rig.backend.history["j1"][-3:] == ["dispatched", "setup", "failed"]
 
 
 def test_an_invalid_payload_fails_its_job_and_one_without_job_id_is_skipped(rig: Rig) -> None:

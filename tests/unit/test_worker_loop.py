@@ -159,7 +159,13 @@ def test_a_backend_outage_is_waited_out_and_the_status_delivered(rig: Rig, caplo
         wait_for(lambda: rig.backend.calls[since:].count(tried) >= 3, 2, "the status retried during the outage")
         rig.backend.down = False
         rig.wait_status("a", "finished")
-    delivery = [r.getMessage() for r in caplog.records if "status delivery" in r.getMessage()]
+        delivery = wait_for(
+            lambda: (
+                (lines := [r.getMessage() for r in caplog.records if "status delivery" in r.getMessage()])[1:] and lines
+            ),
+            2,
+            "the outage's end logged",
+        )
     assert len(delivery) == 2 and "unavailable" in delivery[0] and "is back" in delivery[1]
 
 
@@ -167,7 +173,7 @@ def test_sigterm_during_an_image_pull_hands_the_job_back_and_starts_nothing(rig:
     rig.executor.block_start.set()
     rig.backend.submit("a")
     worker = rig.start()
-    wait_for(lambda: rig.backend.status("a") == "dispatched", 2, "job taken")
+    rig.wait_status("a", "setup")
     wait_for(lambda: rig.worker is not None and rig.worker.heartbeat_info()["active_job_count"] == 1, 2, "pulling")
 
     worker.shutdown()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,8 +28,33 @@ class Conflict(BackendError):
     """409: the backend does not allow this transition; the job moved on."""
 
 
+class StaleAttempt(Conflict):
+    """409 stale_job_attempt: this status is not from the job's current attempt; this worker lost the job."""
+
+
+class Rejected(BackendError):
+    """400/422: the backend refuses this body for good (e.g. a status it does not know); retrying cannot help."""
+
+
 class UnknownJob(BackendError):
-    """404: the backend does not know the job."""
+    """404 in the backend's own words: it does not know the job (docs/contract.md, "How a 404 is read")."""
+
+
+# The attempt-fencing protocol of the OPEVA orchestrator 1.0 (docs/contract.md).
+CAPABILITIES = ("attempt_fencing_v1",)
+# A 404 means "unknown job" only in the backend's own words for it (docs/contract.md): the orchestrator's
+# "Job not found" / "Job <id> not found", the reference backend's "unknown job". FastAPI's "Not Found" for a
+# route it lacks, an HTML page or an empty body come from a wrong OPEVA_SERVER or a proxy: an outage.
+_UNKNOWN_JOB = re.compile(r"Job (\S+ )?not found|unknown job")
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as GET /status/{id} shows it; worker and attempt only where the backend says."""
+
+    status: Status
+    worker_id: str | None = None
+    attempt_number: int | None = None
 
 
 class BackendClient:
@@ -74,7 +101,8 @@ class BackendClient:
 
     def next_job(self) -> Any | None:
         """The next job's payload as decoded JSON (checked by payload.parse), or None when there is no work."""
-        status, body = self._call("POST", "/api/agent/next-job", {"worker_id": self.worker_id})
+        request = {"worker_id": self.worker_id, "capabilities": list(CAPABILITIES)}
+        status, body = self._call("POST", "/api/agent/next-job", request)
         if status == 204:
             return None
         answer = _decode(body)
@@ -88,8 +116,8 @@ class BackendClient:
     def heartbeat(self, info: dict[str, Any]) -> None:
         self._call("POST", "/api/agent/heartbeat", {"worker_id": self.worker_id, "info": info})
 
-    def job_status(self, job_id: str) -> Status | None:
-        """The job's status on the backend, or None when the backend does not know the job."""
+    def job_status(self, job_id: str) -> JobView | None:
+        """The job as the backend has it, or None when the backend does not know the job."""
         try:
             _, body = self._call("GET", f"/status/{job_id}")
         except UnknownJob:
@@ -98,20 +126,31 @@ class BackendClient:
         status = answer.get("status") if isinstance(answer, dict) else None
         if not isinstance(status, str) or status not in _KNOWN_STATUSES:
             raise BackendError(f"GET /status/{job_id}: answer has no known status: {str(status)[:40]!r}")
-        return Status(status)
+        assert isinstance(answer, dict)
+        worker, attempt = answer.get("worker_id") or answer.get("target_host"), answer.get("attempt_number")
+        return JobView(
+            Status(status),
+            worker if isinstance(worker, str) else None,
+            attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+        )
 
-    def probe(self) -> tuple[int, str | None]:
-        """GET /status/<random id>: needs no job and changes nothing; (HTTP status, Date header). For doctor."""
+    def probe(self) -> tuple[int, str | None, bool]:
+        """GET /status/<random id>, for doctor: needs no job and changes nothing.
+
+        (HTTP status, Date header, whether a 404 was the backend's own "unknown job" rather than a missing route).
+        """
         try:
             response = self._http.get(f"/status/doctor-{uuid.uuid4().hex[:12]}")
         except httpx.HTTPError as exc:
             raise BackendError(f"GET /status: {type(exc).__name__}: {exc}") from None
-        return response.status_code, response.headers.get("date")
+        detail = _detail(response.content[: self._max_bytes]).get("detail")
+        own_404 = isinstance(detail, str) and bool(_UNKNOWN_JOB.fullmatch(detail))
+        return response.status_code, response.headers.get("date"), own_404
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         try:
             return self._exchange(method, path, body)
-        except (Conflict, UnknownJob):
+        except (Conflict, UnknownJob, Rejected):
             raise
         except BackendError:
             endpoint = "/status" if path.startswith("/status/") else path
@@ -124,11 +163,19 @@ class BackendClient:
                 content = self._read_bounded(response)
         except httpx.HTTPError as exc:
             raise BackendError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        if response.status_code == 409:
-            raise Conflict(f"{method} {path}: 409 {content[:200]!r}")
-        if response.status_code == 404:
+        code = response.status_code
+        if code == 409:
+            stale = _detail(content).get("code") == "stale_job_attempt"
+            raise (StaleAttempt if stale else Conflict)(f"{method} {path}: 409 {content[:200]!r}")
+        if code == 404:
+            detail = _detail(content).get("detail")
+            if not isinstance(detail, str) or not _UNKNOWN_JOB.fullmatch(detail):
+                # An HTML page, an empty body or a route-level 404: not the backend's word on the job.
+                raise BackendError(f"{method} {path}: 404 from something that is not the OPEVA agent API")
             raise UnknownJob(f"{method} {path}: 404")
-        if not 200 <= response.status_code < 300:
+        if code in (400, 422):
+            raise Rejected(f"{method} {path}: HTTP {code} {content[:200]!r}")
+        if not 200 <= code < 300:
             raise BackendError(f"{method} {path}: HTTP {response.status_code}")
         return response.status_code, content
 
@@ -161,6 +208,18 @@ def _tls(verify: bool | str) -> bool | ssl.SSLContext:
         return ssl.create_default_context(cafile=verify)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"invalid OPEVA_CA_BUNDLE={verify!r}: {exc}") from None
+
+
+def _detail(body: bytes) -> dict[str, Any]:
+    """An error answer's JSON object with its `detail` flattened in ({"code": ...} of a 409); {} if none."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(answer, dict):
+        return {}
+    detail = answer.get("detail")
+    return {**detail, "detail": detail} if isinstance(detail, dict) else answer
 
 
 def _decode(body: bytes) -> Any:

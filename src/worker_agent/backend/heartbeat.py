@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from worker_agent.backend.client import BackendClient, BackendError
+from worker_agent.backend.client import BackendClient, BackendError, Rejected
 from worker_agent.backoff import Outage
 from worker_agent.health import Health, keep_running
 
@@ -24,6 +24,7 @@ class Heartbeat:
         self._health = health
         self._outage = Outage("backend (heartbeat)", log)
         self._wake = threading.Event()
+        self._refused = False  # the last heartbeat got a 400: logged once, with the fix
 
     def beat_now(self) -> None:
         """Send the next heartbeat at once (e.g. when the worker starts draining or a job starts)."""
@@ -35,8 +36,19 @@ class Heartbeat:
     def _turn(self) -> float:
         try:
             self.send()
+        except Rejected as exc:
+            if not self._refused:
+                log.error(
+                    "the backend refuses heartbeats from WORKER_ID=%s (%s): add it to the orchestrator's "
+                    "AVAILABLE_HOSTS",
+                    self._backend.worker_id,
+                    exc,
+                )
+            self._refused = True
+            return self._interval
         except BackendError as exc:
             return min(self._interval, self._outage.failed(exc))
+        self._refused = False
         return self._interval
 
     def send(self) -> None:

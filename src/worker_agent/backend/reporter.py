@@ -8,7 +8,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker_agent.backend.client import BackendClient, BackendError, Conflict, UnknownJob
+from worker_agent.backend.client import (
+    BackendClient,
+    BackendError,
+    Conflict,
+    JobView,
+    Rejected,
+    StaleAttempt,
+    UnknownJob,
+)
 from worker_agent.backoff import Outage
 from worker_agent.domain import STOPPING, Status, StatusUpdate
 from worker_agent.health import Health, keep_running
@@ -25,11 +33,14 @@ class Reporter:
         outbox: Outbox,
         health: Health,
         on_stop_seen: Callable[[str], None] = lambda job_id: None,
+        on_lost: Callable[[str, str], None] = lambda job_id, why: None,
     ) -> None:
         self._backend = backend
         self._outbox = outbox
         self._health = health
         self._on_stop_seen = on_stop_seen
+        self._on_lost = on_lost
+        self.knows_setup = True  # False once the backend refused a `setup` status
         self._outage = Outage("backend (status delivery)", log)
 
     def report(self, update: StatusUpdate) -> None:
@@ -37,6 +48,12 @@ class Reporter:
         log.info("job %s: status %s", update.job_id, update.status, extra={"job_id": update.job_id})
         self._outbox.put(update)
         metrics.OUTBOX_DEPTH.set(self._outbox.depth())
+
+    def drop_attempt(self, job_id: str, attempt_number: int | None) -> int:
+        """Forget the pending statuses of an attempt this worker no longer owns (never sent)."""
+        dropped = self._outbox.drop_attempt(job_id, attempt_number)
+        metrics.OUTBOX_DEPTH.set(self._outbox.depth())
+        return dropped
 
     def flush(self, timeout: float) -> bool:
         """Wait until every recorded update is acknowledged; False when time ran out."""
@@ -72,14 +89,30 @@ class Reporter:
             self._backend.send_status(update)
         except UnknownJob:
             log.warning("job %s: backend does not know it; dropping status %s", update.job_id, update.status)
-        except Conflict:
-            self._resolve_conflict(update)
+        except StaleAttempt:
+            self._lost(update, "the backend answered stale_job_attempt")
+        except (Conflict, Rejected) as exc:
+            if update.status == Status.SETUP:
+                # A backend without the `setup` state (the 2026-04 contract): remembered, never an error.
+                self.knows_setup = False
+                log.info("the backend does not know the setup status; it is not sent any more")
+            elif isinstance(exc, Rejected):
+                log.error("job %s: backend refused status %s for good: %s", update.job_id, update.status, exc)
+            else:
+                self._resolve_conflict(update)
 
     def _resolve_conflict(self, update: StatusUpdate) -> None:
         """The backend moved the job on: read where it is and send what still makes sense."""
-        current = self._backend.job_status(update.job_id)
-        if current is None or current == update.status:
+        view = self._backend.job_status(update.job_id)
+        if view is None:
+            log.warning("job %s: backend does not know it; dropping status %s", update.job_id, update.status)
             return
+        if not owns(view, self._backend.worker_id, update.attempt_number):
+            self._lost(update, f"the backend has it with worker {view.worker_id}, attempt {view.attempt_number}")
+            return
+        current = view.status
+        if current == update.status:
+            return  # an earlier try of this very update got through
         if current == Status.STOP_REQUESTED and update.status in (Status.FINISHED, Status.FAILED):
             # stop_requested -> finished is not allowed: a job that ended after a stop request is stopped.
             self._deliver(dataclasses.replace(update, status=Status.STOPPED))
@@ -98,3 +131,22 @@ class Reporter:
             update.status,
             extra={"job_id": update.job_id},
         )
+
+    def _lost(self, update: StatusUpdate, why: str) -> None:
+        """This attempt is no longer the job's: none of its statuses is sent any more; its run stops."""
+        dropped = self._outbox.drop_attempt(update.job_id, update.attempt_number)
+        log.warning(
+            "job %s: no longer this worker's (%s); %d pending status(es) dropped",
+            update.job_id,
+            why,
+            dropped,
+            extra={"job_id": update.job_id},
+        )
+        self._on_lost(update.job_id, why)
+
+
+def owns(view: JobView, worker_id: str, attempt_number: int | None) -> bool:
+    """Whether the backend's view of a job still names this worker and this attempt (where it names them)."""
+    if view.worker_id is not None and view.worker_id != worker_id:
+        return False
+    return view.attempt_number is None or attempt_number is None or view.attempt_number == attempt_number

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from worker_agent.domain import JobHandle, JobSpec
 
@@ -15,6 +15,10 @@ class ExecutorError(Exception):
 
 class JobLost(ExecutorError):
     """The job's container (or batch job) no longer exists."""
+
+
+class ImageUnavailable(ExecutorError):
+    """The job's image could not be pulled and is not present."""
 
 
 class StartCancelled(ExecutorError):
@@ -54,6 +58,11 @@ class Executor(Protocol):
 
     def exit_code(self, job: JobHandle) -> int | None:
         """The exit code once the job has ended, None while it runs; raises JobLost if it vanished."""
+        ...
+
+    def end_details(self, job: JobHandle) -> dict[str, Any]:
+        """What the executor knows about how an ended job ended: `oom_killed` (bool), and for an executor
+        with its own verdict (Slurm) `error_code`, `error` and anything else for the status' details."""
         ...
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -18,13 +20,23 @@ from docker.types import Mount as DockerMount
 
 from worker_agent import defaults
 from worker_agent.domain import JobHandle, JobSpec
-from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost, StartCancelled
+from worker_agent.executors.base import (
+    ExecutorError,
+    ExecutorUnavailable,
+    ImageUnavailable,
+    JobLost,
+    StartCancelled,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL_WORKER = "opeva.worker_id"
 LABEL_JOB = "opeva.job_id"
 LABEL_MANAGED = "opeva.managed-by"
+LABEL_ATTEMPT = "opeva.attempt"
+# How long a create waits for another attempt's container of the same job (e.g. a worker on the same engine
+# that lost the job) to go away before removing it.
+_STALE_ATTEMPT_WAIT_SECONDS = 30.0
 _HEADER = struct.Struct(">BxxxL")
 _READ_SIZE = 256 * 1024
 
@@ -73,6 +85,7 @@ class DockerExecutor:
         log_bytes: int = 2 * 1024**3,
     ) -> None:
         self._pull_policy = pull_policy
+        self.gpus_refused = False  # the heartbeat's gpu_enabled turns false once the runtime refused GPUs
         files = defaults.DOCKER_LOG_FILES
         self._log_options = {"max-size": str(max(1, log_bytes // files)), "max-file": str(files)}
         self._client = client
@@ -107,10 +120,13 @@ class DockerExecutor:
                 raise
             # A host without the NVIDIA runtime refuses GPU requests: run the job on the CPU instead.
             progress(f"GPU request refused ({exc}); retrying once without GPUs")
+            self.gpus_refused = True
             return self._start(dataclasses.replace(spec, gpus=None))
 
     def _start(self, spec: JobSpec) -> JobHandle:
         labels = {LABEL_WORKER: spec.worker_id, LABEL_JOB: spec.job_id, LABEL_MANAGED: "job-worker-agent"}
+        if spec.attempt_number is not None:
+            labels[LABEL_ATTEMPT] = str(spec.attempt_number)
         mounts = [
             DockerMount(target=m.container, source=m.host, type="bind", read_only=m.read_only) for m in spec.mounts
         ]
@@ -129,7 +145,8 @@ class DockerExecutor:
                 network_mode=spec.network_mode,
                 pid_mode=spec.pid_mode,
             )
-            created = self._api.create_container(
+            create = functools.partial(
+                self._api.create_container,
                 spec.image,
                 command=spec.command,
                 name=spec.name,
@@ -138,6 +155,12 @@ class DockerExecutor:
                 host_config=host_config,
                 detach=True,
             )
+            try:
+                created = create()
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or not self._clear_name_of_same_job(spec):
+                    raise
+                created = create()
         job = JobHandle(spec.job_id, created["Id"], spec.name, dict(spec.env))
         try:
             # Attach before start, so the first byte the job prints is captured.
@@ -149,6 +172,30 @@ class DockerExecutor:
                 self.remove(job)  # also closes the attach stream
             raise
         return job
+
+    def _clear_name_of_same_job(self, spec: JobSpec) -> bool:
+        """The name is taken: by a container of this job (another attempt, another worker on this engine)?
+        Then wait for it to go away (its worker removes it once it sees the job is no longer its own), and
+        remove it after a while; True when the name is free again. A container of another job: False."""
+        deadline = time.monotonic() + _STALE_ATTEMPT_WAIT_SECONDS
+        while True:
+            try:
+                other = self._api.inspect_container(spec.name)
+            except docker.errors.NotFound:
+                return True
+            if (other["Config"].get("Labels") or {}).get(LABEL_JOB) != spec.job_id:
+                return False
+            if time.monotonic() >= deadline or not other["State"].get("Running"):
+                log.warning("removing %s, a container of another attempt of job %s", spec.name, spec.job_id)
+                with contextlib.suppress(docker.errors.NotFound):
+                    self._api.remove_container(other["Id"], force=True)
+                return True
+            time.sleep(1.0)
+
+    def end_details(self, job: JobHandle) -> dict[str, Any]:
+        with _engine(f"inspect {job.name}"):
+            details = self._api.inspect_container(job.ref)
+        return {"oom_killed": bool(details["State"].get("OOMKilled")), "image_id": details.get("Image")}
 
     def start_created(self, job: JobHandle) -> None:
         with _engine(f"start container {job.name}"):
@@ -210,10 +257,11 @@ class DockerExecutor:
     # --- helpers ---
 
     def _ensure_image(self, image: str, progress: Callable[[str], None], cancel: threading.Event) -> None:
-        if self._pull_policy != "always" and self.has_image(image):
+        policy = effective_pull_policy(self._pull_policy, image)
+        if policy != "always" and self.has_image(image):
             return
-        if self._pull_policy == "never":
-            raise ExecutorError(f"image {image} is not present and IMAGE_PULL_POLICY=never")
+        if policy == "never":
+            raise ImageUnavailable(f"image {image} is not present and IMAGE_PULL_POLICY=never")
         progress(f"pulling image {image}")
         repository, tag = _split_reference(image)
         try:
@@ -223,7 +271,7 @@ class DockerExecutor:
                     if cancel.is_set():
                         raise StartCancelled(f"the worker is shutting down; pull of {image} abandoned")
                     if "error" in event:
-                        raise ExecutorError(f"image {image} could not be pulled: {event['error']}")
+                        raise ImageUnavailable(f"image {image} could not be pulled: {event['error']}")
                     line = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
                     if line and line != last and "progress" not in event:
                         progress(line)
@@ -231,10 +279,10 @@ class DockerExecutor:
         except StartCancelled:
             raise
         except ExecutorError as exc:
-            if self._pull_policy == "always" and self.has_image(image):
+            if policy == "always" and self.has_image(image):
                 progress(f"pull failed ({exc}); using the local copy of {image}")
                 return
-            raise ExecutorError(f"image {image} is not available: {exc}") from None
+            raise ImageUnavailable(f"image {image} is not available: {exc}") from None
 
     def has_image(self, image: str) -> bool:
         """Whether the engine holds the image; raises ExecutorUnavailable when it cannot be asked."""
@@ -280,6 +328,17 @@ def gpu_requests(gpus: str | None) -> list[DeviceRequest] | None:
     if gpus == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     return [DeviceRequest(device_ids=[part.strip() for part in gpus.split(",")], capabilities=[["gpu"]])]
+
+
+def effective_pull_policy(policy: str, image: str) -> str:
+    """`auto` is the rule users know from Kubernetes: `:latest` or no tag -> always, a pinned tag or a digest
+    -> if-not-present (a host would otherwise run the first `latest` it ever pulled, for ever)."""
+    if policy != "auto":
+        return policy
+    if "@" in image:
+        return "if-not-present"
+    _, tag = _split_reference(image)
+    return "always" if tag == "latest" else "if-not-present"
 
 
 def _read_raw(response: Any) -> Iterator[bytes]:

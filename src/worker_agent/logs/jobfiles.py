@@ -40,6 +40,10 @@ def open_job_log(shared_dir: Path, job_id: str) -> int:
     return fd
 
 
+class LogClosed(OSError):
+    """The job log was closed while a pump still wanted to write."""
+
+
 class JobLog:
     """One job's log file, opened once for the job's whole life and written only through this object.
 
@@ -66,17 +70,24 @@ class JobLog:
                 os.ftruncate(self._fd, size)
 
     def write(self, data: bytes) -> None:
-        """Append all of `data`; raises OSError when the file cannot be written, does nothing once closed."""
+        """Append all of `data`; raises OSError when the file cannot be written, LogClosed once closed."""
         view = memoryview(data)
         with self._lock:
-            while view and not self._closed:
+            self._check_open()
+            while view:
                 view = view[os.write(self._fd, view) :]
 
     def sync(self) -> None:
-        """Make what was written durable (before a checkpoint vouches for it)."""
+        """Make what was written durable (before a checkpoint vouches for it); LogClosed once closed."""
         with self._lock:
-            if not self._closed:
-                os.fsync(self._fd)
+            self._check_open()
+            os.fsync(self._fd)
+
+    def _check_open(self) -> None:
+        # A pump still running after its job was detached must stop here: writing nothing but going on
+        # would let it checkpoint bytes that never reached the file.
+        if self._closed:
+            raise LogClosed("the job log was closed (job detached or handed over)")
 
     def note(self, line: str) -> None:
         """A line from the worker itself (e.g. image pull progress), marked as such in the job log."""

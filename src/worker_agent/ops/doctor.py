@@ -43,6 +43,7 @@ class _Probe:
     date: str | None
     sent_at: float
     received_at: float
+    agent_api: bool = True  # a 404 in the backend's own words, not a missing route
 
 
 def check_configuration(args: argparse.Namespace | None) -> tuple[Check, config.Settings | None]:
@@ -59,8 +60,8 @@ def probe_backend(settings: config.Settings, transport: httpx.BaseTransport | No
     client = BackendClient.for_settings(settings, transport)
     try:
         sent_at = time.time()
-        status, date = client.probe()
-        return _Probe(status, date, sent_at, time.time())
+        status, date, agent_api = client.probe()
+        return _Probe(status, date, sent_at, time.time(), agent_api)
     finally:
         client.close()
 
@@ -76,6 +77,14 @@ def check_backend(settings: config.Settings, probe: _Probe | Exception) -> Check
     if probe.status in (401, 403):
         fix = "set OPEVA_TOKEN to the backend's token" if not settings.token else "correct OPEVA_TOKEN"
         return Check("backend", FAIL, f"{settings.server} refused the token (HTTP {probe.status})", fix)
+    if probe.status == 404 and not probe.agent_api:
+        return Check(
+            "backend",
+            FAIL,
+            f"{settings.server} has no OPEVA agent API (GET /status/<id> is not a route there)",
+            "point OPEVA_SERVER at the job orchestrator (port 8011) or the reference backend, not at the "
+            "training backend or a proxy page",
+        )
     if probe.status == 404:
         auth = ", token accepted" if settings.token else ""
         return Check("backend", OK, f"{settings.server} answers{auth}")

@@ -12,7 +12,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write-then-rename with fsync of the file and then of its folder: a crash or a power cut leaves either
     the old file or the new one, never half, and never loses the rename."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    # 0600: job records and outbox entries hold attempt tokens.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
         json.dump(data, handle)
         handle.flush()
         os.fsync(handle.fileno())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -46,6 +47,20 @@ class Outbox:
                 log.error("outbox entry %s is corrupt; moved aside to %s.corrupt", path.name, path.name)
                 path.replace(path.with_name(path.name + ".corrupt"))
         return None
+
+    def drop_attempt(self, job_id: str, attempt_number: int | None) -> int:
+        """Remove the pending updates of one attempt of a job (it is no longer this worker's); how many."""
+        dropped = 0
+        with self._lock:
+            for path in self._entries():
+                if not path.name.endswith(f"-{job_id}.json"):
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    entry = json.loads(path.read_text(encoding="utf-8"))
+                    if (entry.get("job_id"), entry.get("attempt_number")) == (job_id, attempt_number):
+                        path.unlink()
+                        dropped += 1
+        return dropped
 
     def done(self, path: Path) -> None:
         path.unlink(missing_ok=True)

@@ -1,0 +1,129 @@
+"""The orchestrator 1.0 protocol against the reference backend in both modes: fencing, setup, requeue, 404s."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import docker
+import pytest
+from harness import Devserver, WorkerProcess, sh, wait_for
+
+pytestmark = pytest.mark.docker
+Make = Callable[..., WorkerProcess]
+IMAGE = "opeva-test-busybox:latest"
+
+
+def statuses(devserver: Devserver, job_id: str) -> list[str]:
+    return [entry["status"] for entry in devserver.job(job_id)["history"]]
+
+
+def test_a_fenced_job_reports_setup_then_running_with_its_attempt(devserver: Devserver, make_worker: Make) -> None:
+    job_id = devserver.submit(image=IMAGE, command=sh("echo fenced"))
+    worker = make_worker().start("--exit-after-job")
+    assert worker.wait(60) == 0, worker.text()
+
+    record = devserver.job(job_id)
+    assert statuses(devserver, job_id) == ["queued", "dispatched", "setup", "running", "finished"]
+    assert (record["attempt_fencing_enabled"], record["attempt_number"]) == (True, 1)
+    assert record["worker_version"] and "attempt_token" not in record
+    state_files = list(worker.state_dir.rglob("*.json"))
+    assert all(path.stat().st_mode & 0o077 == 0 for path in state_files)  # tokens sit in 0600 files
+
+
+def test_the_2026_04_backend_gets_no_setup_and_no_error(
+    make_devserver: Callable[..., Devserver], make_worker: Make
+) -> None:
+    server = make_devserver("--protocol", "2026-04")
+    jobs = [server.submit(image=IMAGE, command=sh("echo old")) for _ in range(2)]
+    worker = make_worker({"WORKER_MAX_ACTIVE_JOBS": "1"}, server=server).start()
+    for job_id in jobs:
+        server.wait_status(job_id, {"finished"})
+        assert statuses(server, job_id) == ["queued", "dispatched", "running", "finished"]
+    assert "ERROR" not in worker.text()
+    assert worker.text().count("does not know the setup status") == 1  # remembered after the first refusal
+
+
+def test_a_job_requeued_onto_another_worker_is_removed_here_and_finished_there(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    job_id = devserver.submit(image=IMAGE, command=sh("for i in $(seq 1 30); do echo tick $i; sleep 0.5; done"))
+    first = make_worker({"STOP_GRACE_PERIOD": "1"}).start()
+    devserver.wait_status(job_id, {"running"})
+    second = make_worker()
+
+    devserver.request(
+        "POST", f"/ops/jobs/{job_id}/requeue", {"force": True, "preferred_host": second.worker_id, "require_host": True}
+    )
+    began = time.monotonic()
+    wait_for(lambda: first.containers(docker_client) == [], 20, "the first worker's container removed")
+    assert time.monotonic() - began < 1 + 1 + 5  # STATUS_POLL_INTERVAL + grace + slack
+    second.start("--exit-after-job")
+
+    assert second.wait(60) == 0, second.text()
+    record = devserver.job(job_id)
+    assert (record["status"], record["attempt_number"], record["worker_id"]) == ("finished", 2, second.worker_id)
+    assert "no longer this worker's" in first.text()
+    time.sleep(2)  # nothing of the first attempt is retried later
+    assert devserver.job(job_id)["status"] == "finished"
+    assert list((first.state_dir / "outbox").glob("*.json")) == []
+
+
+@pytest.fixture
+def flaky_proxy(devserver: Devserver) -> Iterator[tuple[str, threading.Event]]:
+    """A proxy in front of the backend that answers HTML 404s to everything while `broken` is set."""
+    broken = threading.Event()
+
+    class Proxy(BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            if broken.is_set():
+                self._send(404, b"<html><body><h1>404 Not Found</h1>nginx</body></html>", "text/html")
+                return
+            request = urllib.request.Request(devserver.url + self.path, data=body, method=self.command)
+            request.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    self._send(answer.status, answer.read(), answer.headers.get("Content-Type", ""))
+            except urllib.error.HTTPError as error:
+                self._send(error.code, error.read(), error.headers.get("Content-Type", ""))
+
+        do_GET = do_POST = _forward
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", broken
+    server.shutdown()
+    server.server_close()
+
+
+def test_html_404s_from_a_proxy_are_an_outage_not_a_lost_job(
+    devserver: Devserver, make_worker: Make, flaky_proxy: tuple[str, threading.Event]
+) -> None:
+    url, broken = flaky_proxy
+    job_id = devserver.submit(image=IMAGE, command=sh("sleep 6; echo survived"))
+    worker = make_worker({"OPEVA_SERVER": url}).start("--exit-after-job")
+    devserver.wait_status(job_id, {"running"})
+
+    broken.set()  # 15 s of HTML 404s to every call, across the job's end
+    time.sleep(15)
+    assert devserver.status(job_id) == "running"
+    broken.clear()
+
+    assert worker.wait(60) == 0, worker.text()
+    assert devserver.status(job_id) == "finished"
+    assert "survived" in devserver.log_file(job_id).read_text()
