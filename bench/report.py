@@ -123,10 +123,28 @@ def render(results: dict[str, Any]) -> str:
         f"{_ratio(idle['requests'], idle['expected_requests'])} | |",
         "",
     ]
+    lines += _slots(results.get("slots") or [])
     lines += _bounds(results)
     lines += _profiles(results.get("profile") or {})
     lines += _details(results)
     return "\n".join(lines) + "\n"
+
+
+def _slots(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    one, four = _med(rows, "1 worker, 4 slots", "per_job_s"), _med(rows, "4 workers, 1 slot each", "per_job_s")
+    rss = next((row["rss"] for row in rows if "rss" in row), 0)
+    return [
+        "## Slots (issue 11)",
+        "",
+        "| figure | one worker, 4 slots | 4 workers, 1 slot each | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| job turnaround, same batch of `true` jobs | {one * 1000:.0f} ms/job | {four * 1000:.0f} ms/job | "
+        f"{_ratio(one, four)} |",
+        f"| worker RSS with 4 jobs running | {rss / MiB:.1f} MiB | 4 processes | |",
+        "",
+    ]
 
 
 def _details(results: dict[str, Any]) -> list[str]:
@@ -135,11 +153,12 @@ def _details(results: dict[str, Any]) -> list[str]:
         ("Log throughput", "throughput", ("seconds", "mib_s", "cpu_s", "rss", "dockerd_cpu_s", "error")),
         ("Log latency", "latency", ("lines", "p50_ms", "p99_ms", "max_ms")),
         ("Job turnaround", "turnaround", ("jobs", "seconds", "per_job_s")),
+        ("Slots", "slots", ("jobs", "seconds", "per_job_s", "rss")),
         ("Stop latency", "stop", ("interval", "gone_s", "seconds")),
     ):
         lines += [f"### {title}", "", "| what | repeat | " + " | ".join(columns) + " |"]
         lines.append("| --- " * (len(columns) + 2) + "|")
-        for row in results[key]:
+        for row in results.get(key, []):
             cells = [_cell(column, row.get(column)) for column in columns]
             lines.append(f"| {row['what']} | {row['repeat']} | " + " | ".join(cells) + " |")
         lines.append("")

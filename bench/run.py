@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             results["readopt"] = bench.readopt()
             results["latency"] = bench.latency()
             results["turnaround"] = bench.turnaround()
+            results["slots"] = bench.slots()
             results["stop"] = bench.stop_latency()
             results["idle"] = bench.idle()
             if not (args.smoke or args.no_profile):

@@ -232,6 +232,43 @@ class Bench:
         self.retire(worker)
         return rows
 
+    # --- slots ---
+
+    def slots(self) -> list[Row]:
+        """One worker with 4 slots against 4 single-slot workers on the same batch; then the 4-slot worker's
+        RSS while 4 jobs run. Workers are up (heartbeat seen) before the clock starts."""
+        rows: list[Row] = []
+        n = self.sizes.jobs
+        for rep in range(self.sizes.repeats):
+            for how in ("1 worker, 4 slots", "4 workers, 1 slot each")[:: 1 if rep % 2 == 0 else -1]:
+                if how.startswith("1 worker"):
+                    workers = [self.worker(POLL_INTERVAL="1", WORKER_MAX_ACTIVE_JOBS="4")]
+                else:
+                    workers = [self.worker(POLL_INTERVAL="1") for _ in range(4)]
+                began = time.monotonic()
+                ids = {self.submit(["true"]) for _ in range(n)}
+                wait_for(lambda ids=ids: self._all_done(ids), 300, f"{n} jobs", interval=0.05)
+                elapsed = time.monotonic() - began
+                row = {"what": how, "repeat": rep, "jobs": n, "seconds": elapsed, "per_job_s": elapsed / n}
+                rows.append(row)
+                _progress(row)
+                for worker in workers:
+                    self.retire(worker)
+        rows.append(self._rss_with_jobs(4))
+        return rows
+
+    def _rss_with_jobs(self, count: int) -> Row:
+        worker = self.worker(WORKER_MAX_ACTIVE_JOBS=str(count))
+        assert worker.proc is not None
+        ids = [self.submit(["sleep", "5"]) for _ in range(count)]
+        wait_for(lambda: all(self.dev.status(job_id) == "running" for job_id in ids), 60, "all running")
+        meter = tools.Sampler(worker.proc.pid)
+        for _ in range(20):
+            meter.tick()
+            time.sleep(0.1)
+        self.retire(worker)
+        return {"what": f"RSS of one worker with {count} jobs running", "repeat": 0, "rss": meter.peak_rss}
+
     def _ended(self, job_id: str) -> Callable[[], bool]:
         return lambda: self.dev.status(job_id) in ("finished", "failed", "stopped", "canceled")
 

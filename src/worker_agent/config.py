@@ -36,6 +36,7 @@ class Settings:
     image_pull_policy: str = defaults.IMAGE_PULL_POLICY
     exit_after_job: bool = False
     max_active_jobs: int = defaults.MAX_ACTIVE_JOBS
+    executor: str = defaults.EXECUTOR
     state_dir: Path = Path(defaults.STATE_DIR)
     http_timeout: float = defaults.HTTP_TIMEOUT_SECONDS
     allowed_images: tuple[str, ...] = ()
@@ -276,6 +277,14 @@ OPTIONS: tuple[Option, ...] = (
         "Take no new job once one was taken, and exit when the jobs in hand have ended (default off). "
         "SIGUSR1 does the same at run time.",
         switch=True,
+    ),
+    Option(
+        "executor",
+        "WORKER_EXECUTOR",
+        "--executor",
+        _choice("docker", "slurm"),
+        f"What runs the jobs: docker, or slurm (a Slurm cluster, locally or over SSH: SLURM_* settings; "
+        f"default {defaults.EXECUTOR}).",
     ),
     Option(
         "max_active_jobs",

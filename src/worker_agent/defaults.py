@@ -16,6 +16,8 @@ STATUS_POLL_INTERVAL_SECONDS = 10.0
 RUNNING_REFRESH_INTERVAL_SECONDS = 60.0
 # Seconds between SIGTERM and SIGKILL when a job container is stopped.
 STOP_GRACE_PERIOD_SECONDS = 30.0
+# What runs the jobs: docker or slurm.
+EXECUTOR = "docker"
 # Jobs one worker runs at once (slots); the seed's "one job per agent" is 1.
 MAX_ACTIVE_JOBS = 1
 # Job image when the backend names none (older backends never do).

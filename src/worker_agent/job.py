@@ -416,7 +416,8 @@ class JobRun:
         self._pump = pump = LogPump(
             self._log,
             self.record.position,
-            live=not from_start,
+            # Docker replays json-file messages; a Slurm job's output files are raw bytes from the start.
+            raw=not from_start or getattr(executor, "replay_is_raw", False),
             secrets=secret_values(handle.env, self.ctx.settings),
             max_bytes=self.ctx.settings.max_log_bytes,
             on_checkpoint=self._save_position,

@@ -27,7 +27,7 @@ def test_live_pump_writes_whole_messages_replaces_bad_bytes_and_checkpoints(tmp_
     path = tmp_path / "job.log"
     log = open_log(path)
     checkpoints: list[LogPosition] = []
-    pump = LogPump(log, LogPosition(), live=True, on_checkpoint=checkpoints.append)
+    pump = LogPump(log, LogPosition(), raw=True, on_checkpoint=checkpoints.append)
     pump.pump([(STDOUT, b"caf\xc3"), (STDOUT, b"\xa9 ok\n"), (STDERR, b"bad \xff byte\n"), (STDOUT, b"no newline")])
     assert path.read_bytes() == "café ok\nbad \ufffd byte\n".encode()  # the unfinished message is held
     pump.finish()
@@ -39,7 +39,7 @@ def test_live_pump_writes_whole_messages_replaces_bad_bytes_and_checkpoints(tmp_
 def test_a_cut_stream_writes_nothing_it_holds(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
     log = open_log(path)
-    pump = LogPump(log, LogPosition(), live=True, secrets=["SUPERSECRET-42"])
+    pump = LogPump(log, LogPosition(), raw=True, secrets=["SUPERSECRET-42"])
     pump.pump([(STDOUT, b"line\nMY_TOKEN=SUPERSEC"), (STDOUT, b"\xe2\x82")])  # then the stream is cut
     log.close()
     assert path.read_bytes() == b"line\n"
@@ -50,7 +50,7 @@ def test_resume_truncates_the_unrecorded_tail_and_skips_known_messages(tmp_path:
     # The file has 3 lines but the last checkpoint only knew of 2: a crash came between write and checkpoint.
     path.write_text("l1\nl2\nl3\n")
     log = open_log(path)
-    pump = LogPump(log, LogPosition(stdout_messages=2, stderr_messages=0, file_size=6), live=False)
+    pump = LogPump(log, LogPosition(stdout_messages=2, stderr_messages=0, file_size=6), raw=False)
     # The container's log replays everything from the start, one frame per message.
     pump.pump([(STDOUT, b"l1\n"), (STDOUT, b"l2\n"), (STDOUT, b"l3\n"), (STDOUT, b"l4\n")])
     pump.finish()
@@ -61,7 +61,7 @@ def test_resume_truncates_the_unrecorded_tail_and_skips_known_messages(tmp_path:
 def test_cap_writes_one_marker_and_drops_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
     log = open_log(path)
-    pump = LogPump(log, LogPosition(), live=True, max_bytes=10)
+    pump = LogPump(log, LogPosition(), raw=True, max_bytes=10)
     pump.pump([(STDOUT, b"12345678\n")] * 5)
     log.close()
     text = path.read_text()
@@ -73,7 +73,20 @@ def test_cap_writes_one_marker_and_drops_the_rest(tmp_path: Path) -> None:
 def test_secret_masked_in_file(tmp_path: Path) -> None:
     path = tmp_path / "job.log"
     log = open_log(path)
-    pump = LogPump(log, LogPosition(), live=True, secrets=["tok-123456"])
+    pump = LogPump(log, LogPosition(), raw=True, secrets=["tok-123456"])
     pump.pump([(STDOUT, b"token=tok-12"), (STDOUT, b"3456\n")])
     log.close()
     assert path.read_text() == "token=***\n"
+
+
+def test_raw_input_replayed_from_its_start_skips_the_messages_the_file_has(tmp_path: Path) -> None:
+    # A Slurm job's output file is read again from byte 0 after a restart.
+    path = tmp_path / "job.log"
+    path.write_bytes(b"l1\nl2\npartial-written-after-the-checkpoint")
+    log = open_log(path)
+    pump = LogPump(log, LogPosition(stdout_messages=2, file_size=6), raw=True)
+    pump.pump([(STDOUT, b"l1\nl"), (STDOUT, b"2\nl3\nl4")])
+    pump.finish()
+    log.close()
+    assert path.read_bytes() == b"l1\nl2\nl3\nl4"
+    assert pump.position.stdout_messages == 4

@@ -67,7 +67,7 @@ class MessageSplitter:
         count = count_messages(whole)
         if whole.isascii() or (count == whole.count(b"\n") and _is_utf8(whole)):
             return whole, count  # the common case: nothing to replace, no piece boundary to look at
-        return b"".join(coerce(message) for message in _messages(whole)), count
+        return b"".join(coerce(message) for message in split_messages(whole)), count
 
     def flush(self) -> tuple[bytes, int]:
         """The stream really ended: what is left is a last message of its own."""
@@ -83,7 +83,7 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _messages(whole: bytes) -> list[bytes]:
+def split_messages(whole: bytes) -> list[bytes]:
     """Split whole messages apart: at each newline, and every 16 KiB within a longer line."""
     messages = []
     parts = whole.split(b"\n")

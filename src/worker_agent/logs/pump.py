@@ -1,8 +1,9 @@
 """The log pump: job output -> json-file messages, masked and capped, appended to the job's log file.
 
-Live, the frames are raw attach-stream bytes, cut into messages by a MessageSplitter per stream; replayed,
-each frame of the container's own log is one message already. Both give the same bytes (logs/messages.py),
-so a log resumed after a restart equals one written without interruption.
+Raw input (Docker's live attach stream, or a Slurm job's output files, live or replayed) is cut into messages
+by a MessageSplitter per stream; Docker's replay of its json-file log gives one message per frame already.
+Both give the same bytes (logs/messages.py), so a log resumed after a restart equals one written without
+interruption.
 
 The resume point (`LogPosition`) is the number of messages of each stream in the file and the file's size
 then. A new pump cuts the file back to that size (a crash may have left bytes written after the last
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from worker_agent.domain import LogPosition
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.masking import MIN_SECRET_LENGTH, SECRET_MASK, SecretMasker
-from worker_agent.logs.messages import MessageSplitter
+from worker_agent.logs.messages import MessageSplitter, split_messages
 from worker_agent.ops import metrics
 
 STDOUT, STDERR = 1, 2
@@ -31,7 +32,7 @@ class LogPump:
         self,
         log: JobLog,
         position: LogPosition,
-        live: bool,
+        raw: bool,
         secrets: Sequence[str] = (),
         max_bytes: int | None = None,
         on_checkpoint: Callable[[LogPosition], None] = lambda position: None,
@@ -39,7 +40,7 @@ class LogPump:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
-        self._splitters = {stream: MessageSplitter() for stream in _STREAMS} if live else None
+        self._splitters = {stream: MessageSplitter() for stream in _STREAMS} if raw else None
         self._maskers = {stream: SecretMasker(secrets) for stream in _STREAMS}
         self._skip = {STDOUT: position.stdout_messages, STDERR: position.stderr_messages}
         self._messages = dict(self._skip)
@@ -61,7 +62,7 @@ class LogPump:
         """Consume frames until the stream ends (or is cut: nothing held is written then)."""
         for stream, frame in frames:
             if self._splitters is not None:
-                data, count = self._splitters[stream].feed(frame)
+                data, count = self._skip_messages(stream, *self._splitters[stream].feed(frame))
             elif self._skip[stream]:
                 self._skip[stream] -= 1  # a message the file already has
                 continue
@@ -72,6 +73,14 @@ class LogPump:
                 self._write(self._maskers[stream].feed(data))
             if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
                 self._checkpoint()
+
+    def _skip_messages(self, stream: int, data: bytes, count: int) -> tuple[bytes, int]:
+        """Raw input replayed from its start: drop the messages the file already has."""
+        skip = min(self._skip[stream], count)
+        if not skip:
+            return data, count
+        self._skip[stream] -= skip
+        return b"".join(split_messages(data)[skip:]), count - skip
 
     def finish(self) -> None:
         """The job has ended and every frame was pumped: write what is held, and record it."""
