@@ -25,6 +25,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     "worker_shutdown": (WORKER, "The worker shut down before the job started; resubmit it."),
     "artifact_sync_failed": (INFRASTRUCTURE, "The job's results could not be copied back from the cluster."),
     "lost_job": (INFRASTRUCTURE, "The cluster no longer knows the job and it left no exit record."),
+    "job_lost": (INFRASTRUCTURE, "The cluster no longer knows the job and it left no exit record."),
     "node_fail": (INFRASTRUCTURE, "The cluster node running the job failed; resubmit it."),
     "preempted": (INFRASTRUCTURE, "The cluster preempted the job; resubmit it."),
     "boot_fail": (INFRASTRUCTURE, "The cluster node could not boot for the job; resubmit it."),
@@ -32,9 +33,12 @@ ERRORS: dict[str, tuple[str, str]] = {
 }
 
 
-def failure(update: StatusUpdate, code: str, **details: Any) -> StatusUpdate:
-    """`update` with the error code, its category and hint, and these details added."""
-    category, hint = ERRORS.get(code, (INFRASTRUCTURE, "See the error."))
+def failure(
+    update: StatusUpdate, code: str, category: str | None = None, hint: str | None = None, **details: Any
+) -> StatusUpdate:
+    """`update` with the error code, its category and hint (the executor's own, else this list's), and details."""
+    known_category, known_hint = ERRORS.get(code, (INFRASTRUCTURE, "See the error."))
+    category, hint = category or known_category, hint or known_hint
     merged = {**update.details, **{key: value for key, value in details.items() if value is not None}}
     return dataclasses.replace(update, error_code=code, error_category=category, error_hint=hint, details=merged)
 

@@ -113,6 +113,12 @@ class JobRun:
             if short := unmaskable_secrets(spec.env, self.ctx.settings):
                 self._note(f"not masked in this log: {', '.join(short)} (values of 1-3 characters cannot be masked)")
             try:
+                set_options = getattr(self.ctx.executor, "set_job_options", None)
+                if set_options is not None and payload.deucalion_options:
+                    try:
+                        set_options(self.job_id, payload.deucalion_options)
+                    except ExecutorError as exc:
+                        return self._fail("invalid_payload", f"invalid_payload: {exc}")
                 self.handle = self.ctx.executor.start(spec, self._note, self.ctx.shutdown)
                 log_size = self._log.size()
             except StartCancelled as exc:
@@ -130,7 +136,8 @@ class JobRun:
                 attempt_token=self._attempt_token,
             )
             self.ctx.state.save_job(self.record)
-            self._report(Status.RUNNING)
+            if not getattr(self.ctx.executor, "pending_after_start", False):
+                self._report(Status.RUNNING)
             return self._supervise()
         finally:
             self._log.close()
@@ -263,6 +270,7 @@ class JobRun:
                 self._check_now.clear()
                 next_status_poll = now + settings.status_poll_interval
                 self._check_backend()
+                self._check_started()
             if now >= next_refresh:
                 next_refresh = now + settings.running_refresh_interval
                 self._refresh_running()
@@ -293,8 +301,22 @@ class JobRun:
         self._log.close()  # from here on the log belongs to whoever has the job now
         self.stop(StopReason.LOST_OWNERSHIP)
 
+    def _check_started(self) -> None:
+        """A queued batch job (Slurm) is `setup` until the cluster runs it; then `running`, once."""
+        outcome = getattr(self.ctx.executor, "outcome", None)
+        if self.status != Status.SETUP or outcome is None or self.handle is None or self._stop_reason:
+            return
+        try:
+            self.ctx.executor.exit_code(self.handle)  # refreshes the executor's verdict
+        except (ExecutorError, ExecutorUnavailable) as exc:
+            log.debug("state check failed: %s", exc, extra=self._extra)
+            return
+        verdict = outcome(self.handle)
+        if verdict is not None and verdict.status in (Status.RUNNING, Status.FINISHED, Status.FAILED):
+            self._report(Status.RUNNING)
+
     def _refresh_running(self) -> None:
-        if self._stop_reason is not None:
+        if self._stop_reason is not None or self.status != Status.RUNNING:
             return
         try:
             self.ctx.backend.send_status(self._update(Status.RUNNING))
@@ -373,8 +395,10 @@ class JobRun:
         except (ExecutorError, ExecutorUnavailable) as exc:
             log.debug("no end details: %s", exc, extra=self._extra)
             ended = {}
-        details.update({key: value for key, value in ended.items() if key not in ("error_code", "error")})
+        verdict_keys = ("error_code", "error", "error_category", "error_hint")
+        details.update({key: value for key, value in ended.items() if key not in verdict_keys})
         if ended.get("error_code"):  # an executor with its own verdict (Slurm: timeout, node failure...)
+            details.update(category=ended.get("error_category"), hint=ended.get("error_hint"))
             return str(ended["error_code"]), ended.get("error"), details
         return exit_code_error(code, bool(ended.get("oom_killed"))), None, details
 
@@ -412,12 +436,13 @@ class JobRun:
     def _start_pump(self, from_start: bool, follow: bool = True) -> None:
         assert self.handle is not None and self.record is not None and self._log is not None
         handle, executor = self.handle, self.ctx.executor
-        self._pump_state = state = _PumpState(live=not from_start, follow=follow)
+        # A raw replay (Slurm's output files) that ends cleanly has read all the job printed, followed or not.
+        self._pump_state = state = _PumpState(live=not from_start or self._raw_replay, follow=follow)
         self._pump = pump = LogPump(
             self._log,
             self.record.position,
             # Docker replays json-file messages; a Slurm job's output files are raw bytes from the start.
-            raw=not from_start or getattr(executor, "replay_is_raw", False),
+            raw=not from_start or self._raw_replay,
             secrets=secret_values(handle.env, self.ctx.settings),
             max_bytes=self.ctx.settings.max_log_bytes,
             on_checkpoint=self._save_position,
@@ -434,6 +459,10 @@ class JobRun:
                 self._wake.set()
 
         threading.Thread(target=run, name=f"pump-{self.job_id}", daemon=True).start()
+
+    @property
+    def _raw_replay(self) -> bool:
+        return bool(getattr(self.ctx.executor, "replay_is_raw", False))
 
     def _executor_lost(self, error: ExecutorUnavailable) -> float:
         """The executor went away mid-job: say so in the heartbeat; the job's fate is settled when it is back."""

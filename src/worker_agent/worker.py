@@ -347,7 +347,12 @@ class Worker:
 
 
 def _default_executor(settings: Settings) -> Executor:
-    # Imported here: the Docker SDK is only loaded by a worker that runs jobs in Docker.
+    # Imported here: a worker loads only its own executor (the Docker SDK alone is ~5 MiB).
+    if settings.executor == "slurm":
+        from worker_agent.executors import slurm, slurm_settings
+
+        cluster = slurm_settings.load(os.environ, settings.shared_dir)
+        return slurm.SlurmExecutor(cluster, settings.shared_dir, settings.state_dir)
     from worker_agent.executors.docker import DockerExecutor
 
     return DockerExecutor(settings.image_pull_policy, log_bytes=settings.docker_log_bytes())
