@@ -21,7 +21,14 @@ from worker_agent.backoff import Outage
 from worker_agent.config import Settings
 from worker_agent.domain import STOPPING, TERMINAL, JobHandle, JobRecord, LogPosition, Status, StatusUpdate, StopReason
 from worker_agent.errors import exit_code_error, failure
-from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable, ImageUnavailable, StartCancelled
+from worker_agent.executors.base import (
+    Executor,
+    ExecutorError,
+    ExecutorUnavailable,
+    ImageUnavailable,
+    JobLost,
+    StartCancelled,
+)
 from worker_agent.health import Health
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.pump import LogPump
@@ -68,7 +75,9 @@ class _PumpState:
 
 
 class JobRun:
-    def __init__(self, ctx: JobContext, job_id: str) -> None:
+    def __init__(
+        self, ctx: JobContext, job_id: str, attempt_number: int | None = None, attempt_token: str | None = None
+    ) -> None:
         self.ctx = ctx
         self.job_id = job_id
         self.accepted_at = ctx.clock()
@@ -81,14 +90,16 @@ class JobRun:
         self._stop_sent = False
         self._fail_reason: str | None = None  # the container vanished under the job
         self._lost: str | None = None  # why this worker no longer owns the job (set from any thread)
-        self.attempt_number: int | None = None
-        self._attempt_token: str | None = None
+        self.attempt_number = attempt_number
+        self._attempt_token = attempt_token
         self._check_now = threading.Event()
         self._wake = threading.Event()  # the pump ended, a status check is due at once, or the worker stops
         self._executor_outage = Outage("executor", log, extra={"job_id": job_id})
         self._executor_trouble = False
         self._pump_state = _PumpState(live=True, follow=True)
         self._pump: LogPump | None = None
+        self._pump_started = 0.0
+        self._pump_outage = Outage("output stream", log, extra={"job_id": job_id})
 
     @property
     def _extra(self) -> dict[str, str]:
@@ -98,13 +109,12 @@ class JobRun:
 
     def run_new(self, payload: JobPayload) -> Status | None:
         """Start the payload's job and supervise it to its end; the status reported last, None if none."""
-        self.attempt_number, self._attempt_token = payload.attempt_number, payload.attempt_token
-        if self.ctx.reporter.knows_setup:
-            self._report(Status.SETUP)  # accepted: the image pull and container creation come next
         try:
             spec = build_spec(payload, self.ctx.settings)
         except PayloadError as exc:
-            return self._fail(exc.code, f"{exc.code}: {exc.reason}")
+            return self.refuse(exc)
+        if self.ctx.reporter.knows_setup:
+            self._report(Status.SETUP)  # accepted: the image pull and container creation come next
         try:
             self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
         except OSError as exc:
@@ -151,6 +161,13 @@ class JobRun:
         self.record = record
         self.attempt_number, self._attempt_token = record.attempt_number, record.attempt_token
         log.info("re-adopting job %s (container %s)", self.job_id, handle.name, extra=self._extra)
+        self._check_backend()
+        if self._lost is not None:  # before the log is touched: it may be another attempt's by now
+            log.warning("job %s: no longer this worker's (%s); removing its container", self.job_id, self._lost)
+            self.stop(StopReason.LOST_OWNERSHIP)
+            self._remove()
+            self.ctx.state.forget_job(self.job_id, handle.ref)
+            return None
         try:
             self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
         except OSError as exc:
@@ -221,8 +238,9 @@ class JobRun:
     # --- the one way the worker ends a job ---
 
     def stop(self, reason: StopReason) -> None:
-        """Stop the job (SIGTERM, SIGKILL after the grace period); the first reason decides what is reported."""
-        if self._stop_reason is None:
+        """Stop the job (SIGTERM, SIGKILL after the grace period); the first reason decides what is reported,
+        except that losing the job overrides any: then nothing is reported."""
+        if self._stop_reason is None or (reason == StopReason.LOST_OWNERSHIP != self._stop_reason):
             self._stop_reason = reason
             log.info("job %s: stopping it (%s)", self.job_id, reason, extra=self._extra)
         if self._stop_sent or self.handle is None:
@@ -254,12 +272,12 @@ class JobRun:
         while True:
             self._wake.wait(tick)
             self._wake.clear()
+            if self._lost is not None and self._stop_reason != StopReason.LOST_OWNERSHIP:
+                self._give_up_ownership(self._lost)  # before anything is reported or written for it
             if self._pump_state.ended.is_set():
                 code = self._settle()
                 if code is not None:
                     return self._finish(code)
-            if self._lost is not None and self._stop_reason is None:
-                self._give_up_ownership(self._lost)
             if self.ctx.shutdown.is_set():
                 if not settings.stop_job_on_exit:
                     log.info("job %s left running for the next worker start", self.job_id, extra=self._extra)
@@ -269,6 +287,8 @@ class JobRun:
             if self._check_now.is_set() or now >= next_status_poll:
                 self._check_now.clear()
                 next_status_poll = now + settings.status_poll_interval
+                if self._stop_reason is not None and not self._stop_sent:
+                    self.stop(self._stop_reason)  # the last try failed (executor down, an API error)
                 self._check_backend()
                 self._check_started()
             if now >= next_refresh:
@@ -304,7 +324,7 @@ class JobRun:
     def _check_started(self) -> None:
         """A queued batch job (Slurm) is `setup` until the cluster runs it; then `running`, once."""
         outcome = getattr(self.ctx.executor, "outcome", None)
-        if self.status != Status.SETUP or outcome is None or self.handle is None or self._stop_reason:
+        if self.status not in (None, Status.SETUP) or outcome is None or self.handle is None or self._stop_reason:
             return
         try:
             self.ctx.executor.exit_code(self.handle)  # refreshes the executor's verdict
@@ -342,10 +362,14 @@ class JobRun:
         except ExecutorUnavailable as exc:
             self.ctx.shutdown.wait(min(self._executor_lost(exc), self.ctx.settings.status_poll_interval))
             return None
-        except ExecutorError as exc:
+        except JobLost as exc:
             log.error("job %s: %s", self.job_id, exc, extra=self._extra)
             self._fail_reason = f"container lost: {exc}"
             return -1
+        except ExecutorError as exc:  # an API error (e.g. a 500): the container is still there; ask again later
+            log.warning("job %s: %s", self.job_id, exc, extra=self._extra)
+            self.ctx.shutdown.wait(min(self._pump_outage.failed(exc), self.ctx.settings.status_poll_interval))
+            return None
         if self._executor_outage.down:
             self._executor_outage.succeeded()
         if self._stop_reason == StopReason.LOST_OWNERSHIP:
@@ -356,6 +380,11 @@ class JobRun:
             return code
         # Catch up from the container's own log, where the file stopped: following it while the job
         # runs, and once it has exited with one read to the end of its log.
+        if code is None and time.monotonic() - self._pump_started < 1.0:
+            # The stream keeps ending at once (a broken log, an API error): back off instead of spinning.
+            self.ctx.shutdown.wait(min(self._pump_outage.failed("the output stream ended at once"), 10.0))
+        else:
+            self._pump_outage.succeeded()
         self._executor_trouble = False
         self._start_pump(from_start=True, follow=code is None)
         return None
@@ -367,11 +396,13 @@ class JobRun:
             status = self._stop_reason.status
         else:
             status = Status.FAILED if error_code else Status.FINISHED
+        if status in (Status.FINISHED, Status.FAILED) and self.status in (None, Status.SETUP):
+            self._report(Status.RUNNING)  # a batch job that ran between two looks: setup -> finished is refused
         if status is not None:
             self._report(status, exit_code=code, error=error, error_code=error_code, **details)
         log.info("job %s ended: exit code %s, %s", self.job_id, code, status or "not reported", extra=self._extra)
         self._remove()
-        self.ctx.state.forget_job(self.job_id)
+        self.ctx.state.forget_job(self.job_id, self.handle.ref)
         metrics.JOBS_ENDED.labels(str(status or "abandoned")).inc()
         if self.record is not None:
             metrics.JOB_DURATION.observe(max(0.0, self.ctx.clock() - self.record.started_at))
@@ -401,6 +432,10 @@ class JobRun:
             details.update(category=ended.get("error_category"), hint=ended.get("error_hint"))
             return str(ended["error_code"]), ended.get("error"), details
         return exit_code_error(code, bool(ended.get("oom_killed"))), None, details
+
+    def refuse(self, error: PayloadError) -> Status:
+        """The payload asks for what this worker does not run: the job fails with the reason."""
+        return self._fail(error.code, f"{error.code}: {error.reason}")
 
     def hand_back(self) -> Status:
         """The worker shuts down before the job started: give it back to the queue (or fail it, if refused)."""
@@ -438,6 +473,7 @@ class JobRun:
         handle, executor = self.handle, self.ctx.executor
         # A raw replay (Slurm's output files) that ends cleanly has read all the job printed, followed or not.
         self._pump_state = state = _PumpState(live=not from_start or self._raw_replay, follow=follow)
+        self._pump_started = time.monotonic()
         self._pump = pump = LogPump(
             self._log,
             self.record.position,

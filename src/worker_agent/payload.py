@@ -219,6 +219,16 @@ def parse(raw: Any) -> JobPayload:
         raise PayloadError(one_line(f"payload: {type(exc).__name__}"), job_id) from None
 
 
+def attempt_of(raw: Any) -> tuple[int | None, str | None]:
+    """The attempt number and token of a payload, even one that is refused (its failure must carry them)."""
+    if not isinstance(raw, dict):
+        return None, None
+    number, token = raw.get("attempt_number"), raw.get("attempt_token")
+    valid_number = isinstance(number, int) and not isinstance(number, bool) and 0 <= number <= 2**31
+    valid_token = isinstance(token, str) and 0 < len(token) <= 512 and token.isprintable()
+    return (number if valid_number else None), (token if valid_token else None)
+
+
 def usable_job_id(value: Any) -> str | None:
     """`value` when it is safe as a folder name and in a URL, else None."""
     if isinstance(value, str) and JOB_ID_PATTERN.fullmatch(value) and ".." not in value:

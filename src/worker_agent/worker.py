@@ -21,8 +21,8 @@ from worker_agent.backend.heartbeat import Heartbeat
 from worker_agent.backend.reporter import Reporter
 from worker_agent.backoff import Outage
 from worker_agent.config import ConfigError, Settings
-from worker_agent.domain import Status, StatusUpdate
-from worker_agent.executors.base import Executor, ExecutorUnavailable
+from worker_agent.domain import Status
+from worker_agent.executors.base import Executor, ExecutorError, ExecutorUnavailable
 from worker_agent.health import Health
 from worker_agent.job import JobContext, JobRun
 from worker_agent.ops import metrics
@@ -43,7 +43,8 @@ class _Slots:
 
     def __init__(self, limit: int, changed: threading.Event) -> None:
         self.limit = limit
-        self._runs: dict[str, tuple[JobRun, threading.Thread]] = {}
+        # Keyed by the run itself: for a moment two attempts of one job may both be in hand.
+        self._runs: dict[int, tuple[JobRun, threading.Thread]] = {}
         self._lock = threading.Lock()
         self._changed = changed
         metrics.SLOTS.set(limit)
@@ -58,13 +59,13 @@ class _Slots:
                 log.exception("job %s: unexpected error in its slot", run.job_id, extra={"job_id": run.job_id})
             finally:
                 with self._lock:
-                    self._runs.pop(run.job_id, None)
+                    self._runs.pop(id(run), None)
                     metrics.ACTIVE_JOBS.set(len(self._runs))
                 self._changed.set()
 
         thread = threading.Thread(target=life, name=f"job-{run.job_id}", daemon=True)
         with self._lock:
-            self._runs[run.job_id] = (run, thread)
+            self._runs[id(run)] = (run, thread)
             metrics.ACTIVE_JOBS.set(len(self._runs))
         thread.start()
 
@@ -73,9 +74,10 @@ class _Slots:
             return [run for run, _ in self._runs.values()]
 
     def get(self, job_id: str) -> JobRun | None:
+        """The newest run of this job in hand, if any."""
         with self._lock:
-            entry = self._runs.get(job_id)
-        return entry[0] if entry else None
+            runs = [run for run, _ in self._runs.values() if run.job_id == job_id]
+        return runs[-1] if runs else None
 
     @property
     def free(self) -> int:
@@ -124,6 +126,7 @@ class Worker:
         self._executor_error: object = None
         self._share_problem: str | None = None
         self._needs_readopt = True
+        self._signalled = ""  # set by a signal handler, logged by the loop
         self._jobs_taken = 0
         self._last_job: tuple[str, Status | None] | None = None
 
@@ -137,6 +140,7 @@ class Worker:
                 if delay:
                     self._sleep(delay)
         finally:
+            self._signals_seen()
             self._teardown()
         return 0
 
@@ -182,14 +186,16 @@ class Worker:
             if exc.job_id is None:
                 log.error("skipping a payload without a usable job_id: %s", exc.reason)
                 return False
-            log.error("job %s: invalid payload: %s", exc.job_id, exc.reason, extra={"job_id": exc.job_id})
-            self.reporter.report(StatusUpdate(exc.job_id, Status.FAILED, error=f"invalid_payload: {exc.reason}"))
-            self._job_ended(exc.job_id, Status.FAILED)
+            refused = JobRun(self._ctx, exc.job_id, *payload.attempt_of(raw))
+            self._job_ended(exc.job_id, refused.refuse(exc))
             return True
-        run = JobRun(self._ctx, job.job_id)
+        run = JobRun(self._ctx, job.job_id, job.attempt_number, job.attempt_token)
         if self.stopping.is_set():  # SIGTERM came while next-job was on its way: start nothing
             run.hand_back()
             return True
+        if (older := self._slots.get(job.job_id)) is not None:
+            # Dispatched again to this very worker (an operator requeue): the older attempt is not ours any more.
+            older.lose(f"the backend dispatched it again (attempt {job.attempt_number})")
         self._jobs_taken += 1
         self._slots.start(run, functools.partial(run.run_new, job), self._on_job_end)
         self.heartbeat.beat_now()
@@ -199,7 +205,7 @@ class Worker:
         """Take back every job this worker started before it restarted, even beyond the slot limit."""
         try:
             owned = self.executor.find_owned(self.settings.worker_id)
-        except ExecutorUnavailable as exc:
+        except (ExecutorUnavailable, ExecutorError) as exc:  # an API error too: try again, never exit on it
             self.health.executor_down(exc)
             return
         self._needs_readopt = False
@@ -234,7 +240,7 @@ class Worker:
     def _executor_ready(self) -> bool:
         try:
             self.health.executor_up(self.executor.ping())
-        except ExecutorUnavailable as exc:
+        except (ExecutorUnavailable, ExecutorError) as exc:
             self._executor_error = exc
             self.health.executor_down(exc)
             return False
@@ -317,33 +323,48 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGUSR1, self._on_drain_signal)
 
+    # Signal handlers run between two bytecodes of the main thread, which may hold any lock at that moment
+    # (the slots', an Event's): they only set flags, which the loop polls (_sleep) and acts on.
+
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping.is_set():
-            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os.write(2, f"second {signal.Signals(signum).name}: exiting at once\n".encode())
             os._exit(1)
-        log.info("%s received: shutting down", signal.Signals(signum).name)
-        self.shutdown()
+        self._signalled = f"{signal.Signals(signum).name} received: shutting down"
+        self.stopping.set()
 
     def _on_drain_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("SIGUSR1 received: exiting after the jobs in hand")
-        self.drain()
+        self._signalled = "SIGUSR1 received: exiting after the jobs in hand"
+        self.draining.set()
 
     def shutdown(self) -> None:
         """Leave now: jobs are detached (or stopped, with WORKER_STOP_JOB_ON_EXIT) for the next start."""
         self.stopping.set()
-        for run in self._slots.runs():
-            run.wake()
         self._wake.set()
 
     def drain(self) -> None:
         """Take no new job; leave once the jobs in hand have ended and their statuses are delivered."""
         self.draining.set()
         self._wake.set()
-        self.heartbeat.beat_now()
+
+    def _signals_seen(self) -> None:
+        """What a signal asked for, done from the loop: wake the jobs, tell the backend."""
+        if self._signalled:
+            log.info("%s", self._signalled)
+            self._signalled = ""
+            self.heartbeat.beat_now()
+        if self.stopping.is_set():
+            for run in self._slots.runs():
+                run.wake()
 
     def _sleep(self, seconds: float) -> None:
-        self._wake.wait(seconds)
+        """Wait until a slot ends or `seconds` pass, looking at the signal flags every 0.2 s."""
+        deadline = time.monotonic() + seconds
+        while not self._wake.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+            if self._signalled or time.monotonic() >= deadline:
+                break
         self._wake.clear()
+        self._signals_seen()
 
 
 def _default_executor(settings: Settings) -> Executor:

@@ -269,7 +269,7 @@ def test_container_of_a_job_the_backend_does_not_know_is_removed(
 
     worker.start()
     assert_no_containers(worker, docker_client)
-    assert "backend has it as None" in worker.text()
+    assert "the backend does not know the job" in worker.text()
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0
 

@@ -27,8 +27,8 @@ def run_all(scene: Scene, payloads: list[dict[str, Any]], env: dict[str, str] | 
 def assert_refused(scene: Scene, job_id: str, *words: str) -> str:
     reports = scene.backend.reports(job_id)
     assert [r["status"] for r in reports] == ["failed"], reports  # never `running`: no container started
-    error = str(reports[0]["error"])
-    assert error.startswith("invalid_payload: "), error
+    error, code = str(reports[0]["error"]), reports[0]["error_code"]
+    assert code in ("invalid_payload", "config_missing") and error.startswith(f"{code}: "), error
     for word in words:
         assert word in error, error
     return error
@@ -80,8 +80,8 @@ def test_symlinked_job_folders_never_redirect_the_log(scene: Scene) -> None:
 
     for job_id in ("sym-1", "sym-2", "sym-3"):
         reports = scene.backend.reports(job_id)
-        assert [r["status"] for r in reports] == ["failed"], reports
-        assert "cannot write the job log" in reports[0]["error"]
+        assert [r["status"] for r in reports] == ["setup", "failed"], reports  # never `running`
+        assert "cannot write the job log" in reports[-1]["error"] and reports[-1]["error_code"] == "log_unwritable"
     assert list((scene.sentinel / "victim").iterdir()) == []
     assert (scene.sentinel / "secret.yaml").read_text() == "do not touch\n"
     scene.assert_nothing_else_changed()
@@ -117,13 +117,16 @@ def test_volumes_outside_the_share_and_the_docker_socket_are_refused(scene: Scen
         "vol-6": f"{scene.shared}/escape",
         "vol-7": "/etc",
     }
-    scene.mark("marker-1", "after-1", *cases)
-    worker = run_all(
-        scene, [payload(job_id, volumes=[{"host": host, "container": "/mnt"}]) for job_id, host in cases.items()]
-    )
+    scene.mark("marker-1", "after-1", "vol-0", *cases)
+    # Opted in to volumes under the share: every path outside it is still refused.
+    payloads = [payload(job_id, volumes=[{"host": host, "container": "/mnt"}]) for job_id, host in cases.items()]
+    # By default no payload volume at all, not even one under the share.
+    payloads.append(payload("vol-0", volumes=[{"host": f"{scene.shared}/configs", "container": "/mnt"}]))
+    worker = run_all(scene, payloads, {"ALLOWED_VOLUME_ROOTS": str(scene.shared)})
 
     for job_id in cases:
         assert_refused(scene, job_id, "volume", "outside the allowed host paths")
+    assert scene.backend.wait_terminal("vol-0", 30)["status"] == "finished"
     scene.assert_nothing_else_changed()
     scene.assert_still_working(worker)
 
@@ -151,8 +154,7 @@ def test_host_privileges_are_refused_with_the_reason(scene: Scene) -> None:
 def test_host_network_runs_when_the_worker_allows_it(scene: Scene) -> None:
     scene.backend.push(payload("net-1", network_mode="host", command=["sh", "-c", "echo on-host; sleep 30"]))
     worker = scene.worker({"ALLOW_HOST_NAMESPACES": "1"})
-    running = wait_for(lambda: scene.backend.last("net-1"), 60, "net-1 to run")
-    assert running["status"] == "running", running
+    running = wait_for(lambda: (r := scene.backend.last("net-1")) and r["status"] == "running" and r, 60, "net-1")
     host_config = scene.docker.api.inspect_container(running["container_id"])["HostConfig"]
     assert host_config["NetworkMode"] == "host"
     assert host_config["Privileged"] is False

@@ -14,8 +14,7 @@ pytestmark = pytest.mark.docker
 def test_job_container_has_the_configured_limits(scene: Scene) -> None:
     scene.backend.push(normal_job("lim-1", "echo limited; sleep 60"))
     worker = scene.worker({"JOB_CPUS": "0.5", "JOB_MEMORY": "64M", "JOB_PIDS_LIMIT": "50"})
-    running = wait_for(lambda: scene.backend.last("lim-1"), 60, "lim-1 to run")
-    assert running["status"] == "running", running
+    running = wait_for(lambda: (r := scene.backend.last("lim-1")) and r["status"] == "running" and r, 60, "lim-1")
 
     info = scene.docker.api.inspect_container(running["container_id"])
     host = info["HostConfig"]

@@ -38,7 +38,7 @@ def test_splitter_gives_the_copiers_messages_coerced_whatever_the_chunks(data: b
     messages, rest = copier(data)
     splitter, out, count, start = MessageSplitter(), b"", 0, 0
     for size in chunks * (len(data) // sum(chunks) + 1):
-        written, completed = splitter.feed(data[start : start + size])
+        written, completed, _ = splitter.feed(data[start : start + size])
         out, count, start = out + written, count + completed, start + size
         if start >= len(data):
             break
@@ -50,3 +50,11 @@ def test_each_invalid_byte_becomes_one_replacement_character_as_in_go() -> None:
     assert coerce(b"x\xe2\x82\n") == "x\ufffd\ufffd\n".encode()
     assert coerce(b"\xed\xa0\x80") == "\ufffd\ufffd\ufffd".encode()  # a surrogate is not UTF-8 either
     assert coerce("€ ok".encode()) == "€ ok".encode()
+
+
+def test_skipping_counts_raw_messages_before_bad_bytes_grow_them() -> None:
+    # 6000 Latin-1 bytes become 18000 bytes of U+FFFD: skipping must count the message Docker would store
+    # (one line), not pieces of the grown text.
+    data = b"\xe9" * 6000 + b"\nsecond\n"
+    out, count, skipped = MessageSplitter().feed(data, skip=1)
+    assert (out, count, skipped) == (b"second\n", 1, 1)

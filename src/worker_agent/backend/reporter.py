@@ -92,14 +92,23 @@ class Reporter:
         except StaleAttempt:
             self._lost(update, "the backend answered stale_job_attempt")
         except (Conflict, Rejected) as exc:
-            if update.status == Status.SETUP:
+            if update.status == Status.SETUP and self._refuses_setup(update, exc):
                 # A backend without the `setup` state (the 2026-04 contract): remembered, never an error.
                 self.knows_setup = False
                 log.info("the backend does not know the setup status; it is not sent any more")
+            elif update.status == Status.SETUP:
+                return  # the job moved on before its setup arrived (e.g. a stop request): nothing to resolve
             elif isinstance(exc, Rejected):
                 log.error("job %s: backend refused status %s for good: %s", update.job_id, update.status, exc)
             else:
                 self._resolve_conflict(update)
+
+    def _refuses_setup(self, update: StatusUpdate, error: BackendError) -> bool:
+        """A 400/422, or a 409 while the job is still `dispatched`: the backend has no `setup` state."""
+        if isinstance(error, Rejected):
+            return True
+        view = self._backend.job_status(update.job_id)
+        return view is not None and view.status == Status.DISPATCHED
 
     def _resolve_conflict(self, update: StatusUpdate) -> None:
         """The backend moved the job on: read where it is and send what still makes sense."""

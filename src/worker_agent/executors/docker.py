@@ -220,7 +220,7 @@ class DockerExecutor:
             state = self._api.inspect_container(job.ref)["State"]
         if state.get("Status") == "created":
             # Never started: it would never exit either (re-adoption starts or removes such containers).
-            raise ExecutorError(f"container {job.name} was created but never started")
+            raise JobLost(f"container {job.name} was created but never started")
         if state.get("Running") or state.get("Status") == "restarting":
             return None
         return int(state.get("ExitCode", -1))
@@ -241,7 +241,10 @@ class DockerExecutor:
             handles = []
             for item in found:
                 labels = item.get("Labels") or {}
-                details = self._api.inspect_container(item["Id"])
+                try:
+                    details = self._api.inspect_container(item["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed between the listing and the inspect: nothing to take back
                 env = details["Config"].get("Env") or []
                 handles.append(
                     JobHandle(

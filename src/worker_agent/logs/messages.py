@@ -53,21 +53,27 @@ class MessageSplitter:
     def held(self) -> int:
         return len(self._pending)
 
-    def feed(self, data: bytes) -> tuple[bytes, int]:
-        """The messages that `data` completes, joined and coerced, and how many they are."""
+    def feed(self, data: bytes, skip: int = 0) -> tuple[bytes, int, int]:
+        """The messages that `data` completes, joined and coerced, how many they are, and how many of the
+        first ones were dropped because the file has them already (at most `skip`, counted before coercion)."""
         data = self._pending + data if self._pending else data
         cut = data.rfind(b"\n") + 1
-        whole, rest = data[:cut], data[cut:]
+        rest = data[cut:]
         while len(rest) >= MESSAGE_BYTES:  # a line longer than Docker's buffer: its full pieces are messages
             rest = rest[MESSAGE_BYTES:]
         whole = data[: len(data) - len(rest)]
         self._pending = rest
+        skipped = 0
+        if skip and whole:
+            messages = split_messages(whole)
+            skipped = min(skip, len(messages))
+            whole = b"".join(messages[skipped:])  # starts on a message boundary, so pieces stay aligned
         if not whole:
-            return b"", 0
+            return b"", 0, skipped
         count = count_messages(whole)
         if whole.isascii() or (count == whole.count(b"\n") and _is_utf8(whole)):
-            return whole, count  # the common case: nothing to replace, no piece boundary to look at
-        return b"".join(coerce(message) for message in split_messages(whole)), count
+            return whole, count, skipped  # the common case: nothing to replace, no piece boundary to look at
+        return b"".join(coerce(message) for message in split_messages(whole)), count, skipped
 
     def flush(self) -> tuple[bytes, int]:
         """The stream really ended: what is left is a last message of its own."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from worker_agent.domain import LogPosition
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.masking import MIN_SECRET_LENGTH, SECRET_MASK, SecretMasker
-from worker_agent.logs.messages import MessageSplitter, split_messages
+from worker_agent.logs.messages import MessageSplitter
 from worker_agent.ops import metrics
 
 STDOUT, STDERR = 1, 2
@@ -62,7 +62,8 @@ class LogPump:
         """Consume frames until the stream ends (or is cut: nothing held is written then)."""
         for stream, frame in frames:
             if self._splitters is not None:
-                data, count = self._skip_messages(stream, *self._splitters[stream].feed(frame))
+                data, count, skipped = self._splitters[stream].feed(frame, self._skip[stream])
+                self._skip[stream] -= skipped  # raw input replayed from its start: the file has those
             elif self._skip[stream]:
                 self._skip[stream] -= 1  # a message the file already has
                 continue
@@ -73,14 +74,6 @@ class LogPump:
                 self._write(self._maskers[stream].feed(data))
             if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
                 self._checkpoint()
-
-    def _skip_messages(self, stream: int, data: bytes, count: int) -> tuple[bytes, int]:
-        """Raw input replayed from its start: drop the messages the file already has."""
-        skip = min(self._skip[stream], count)
-        if not skip:
-            return data, count
-        self._skip[stream] -= skip
-        return b"".join(split_messages(data)[skip:]), count - skip
 
     def finish(self) -> None:
         """The job has ended and every frame was pumped: write what is held, and record it."""

@@ -36,7 +36,13 @@ class StateDir:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
-    def forget_job(self, job_id: str) -> None:
+    def forget_job(self, job_id: str, container_id: str | None = None) -> None:
+        """Remove the job's record; with `container_id`, only when the record is that container's (another
+        attempt of the job may have written its own since)."""
+        if container_id is not None:
+            record = self.load_job(job_id)
+            if record is not None and record.container_id != container_id:
+                return
         (self._jobs / f"{job_id}.json").unlink(missing_ok=True)
 
     # --- outbox ---
