@@ -42,7 +42,8 @@ class Settings:
     allowed_images: tuple[str, ...] = ()
     job_timeout: float | None = None
     max_log_bytes: int = defaults.MAX_LOG_BYTES
-    docker_log_max_bytes: int | None = None  # None: DOCKER_LOG_MAX_FACTOR x max_log_bytes
+    docker_log_max_bytes: int | None = None
+    image_prune_keep: int | None = None  # None: DOCKER_LOG_MAX_FACTOR x max_log_bytes
     stop_job_on_exit: bool = False
     redact_vars: tuple[str, ...] = ()
     token: str | None = None
@@ -268,6 +269,14 @@ OPTIONS: tuple[Option, ...] = (
         _choice("auto", "if-not-present", "always", "never"),
         "When to pull a job image: auto (:latest or no tag: always; a pinned tag or digest: if not present), "
         f"if-not-present, always, never (default {defaults.IMAGE_PULL_POLICY}).",
+    ),
+    Option(
+        "image_prune_keep",
+        "IMAGE_PRUNE_KEEP",
+        "--image-prune-keep",
+        _unless_zero(_whole),
+        "Keep only this many most recently used tags of each allowed image repository; older ones are removed "
+        "after a job starts, never an image in use (default 0: off).",
     ),
     Option(
         "exit_after_job",

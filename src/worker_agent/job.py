@@ -146,11 +146,24 @@ class JobRun:
                 attempt_token=self._attempt_token,
             )
             self.ctx.state.save_job(self.record)
+            self._prune_images(spec.image)
             if not getattr(self.ctx.executor, "pending_after_start", False):
                 self._report(Status.RUNNING)
             return self._supervise()
         finally:
             self._log.close()
+
+    def _prune_images(self, image: str) -> None:
+        """IMAGE_PRUNE_KEEP: hosts that run many tags keep only the most recently used ones."""
+        keep, prune = self.ctx.settings.image_prune_keep, getattr(self.ctx.executor, "prune_images", None)
+        if not keep or prune is None:
+            return
+        try:
+            uses = self.ctx.state.image_used(image)
+            if removed := prune(keep, self.ctx.settings.image_allowed_patterns(), uses):
+                log.info("removed older images: %s", ", ".join(removed), extra=self._extra)
+        except (OSError, ExecutorError, ExecutorUnavailable) as exc:
+            log.warning("image pruning skipped: %s", exc, extra=self._extra)
 
     def run_adopted(self, handle: JobHandle) -> Status | None:
         """Supervise a job this worker started before it restarted, catching its log up first."""

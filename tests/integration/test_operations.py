@@ -371,3 +371,27 @@ def test_policy_always_pulls_even_a_present_image(
     log = devserver.log_file(job_id).read_text()
     assert f"[job-worker-agent] pulling image {registry}\n" in log
     assert "Image is up to date" in log, log
+
+
+def test_image_prune_keep_leaves_the_most_recently_used_tags(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    repository = f"opeva-test-prune-{uuid.uuid4().hex[:6]}"
+    image = docker_client.images.get(BUSYBOX_IMAGE)
+    for tag in ("1", "2", "3"):
+        image.tag(repository, tag)
+    try:
+        worker = make_worker({"IMAGE_PRUNE_KEEP": "2", "ALLOWED_IMAGES": f"{repository}:*"})
+        worker.env["WORKER_MAX_ACTIVE_JOBS"] = "1"
+        for tag in ("1", "3"):  # 3 is the most recently used, then 1; 2 was never used here
+            job_id = devserver.submit(image=f"{repository}:{tag}", command=sh("echo pruned"))
+            worker.start("--exit-after-job")
+            assert worker.wait(60) == 0, worker.text()
+            assert devserver.status(job_id) == "finished"
+        tags = {tag for item in docker_client.images.list(name=repository) for tag in item.tags}
+        assert {tag for tag in tags if tag.startswith(repository)} == {f"{repository}:1", f"{repository}:3"}
+        assert docker_client.images.get(BUSYBOX_IMAGE)  # the image itself, tagged under its own name, stays
+    finally:
+        for tag in ("1", "2", "3"):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(f"{repository}:{tag}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import functools
 import logging
 import struct
@@ -286,6 +287,30 @@ class DockerExecutor:
                 progress(f"pull failed ({exc}); using the local copy of {image}")
                 return
             raise ImageUnavailable(f"image {image} is not available: {exc}") from None
+
+    def prune_images(self, keep: int, patterns: tuple[str, ...], last_used: dict[str, float]) -> list[str]:
+        """Untag all but the `keep` most recently used tags of each repository matching `patterns`; Docker
+        itself refuses to remove an image a container uses (no force). Returns the tags removed."""
+        with _engine("list images"):
+            tags = [
+                tag for image in self._api.images() for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"
+            ]
+        by_repository: dict[str, list[str]] = {}
+        for tag in tags:
+            if any(fnmatch.fnmatchcase(tag, pattern) for pattern in patterns):
+                by_repository.setdefault(_split_reference(tag)[0], []).append(tag)
+        removed = []
+        for repository_tags in by_repository.values():
+            # Newest use first; tags never used by this worker last (ties by name, so the choice is stable).
+            repository_tags.sort(key=lambda tag: (last_used.get(tag, 0.0), tag), reverse=True)
+            for tag in repository_tags[keep:]:
+                try:
+                    with _engine(f"remove image {tag}"):
+                        self._api.remove_image(tag)
+                    removed.append(tag)
+                except (ExecutorError, ExecutorUnavailable) as exc:  # in use, or Docker busy: next time
+                    log.info("image %s kept: %s", tag, exc)
+        return removed
 
     def has_image(self, image: str) -> bool:
         """Whether the engine holds the image; raises ExecutorUnavailable when it cannot be asked."""

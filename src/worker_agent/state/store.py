@@ -45,6 +45,19 @@ class StateDir:
                 return
         (self._jobs / f"{job_id}.json").unlink(missing_ok=True)
 
+    # --- images (IMAGE_PRUNE_KEEP) ---
+
+    def image_used(self, image: str) -> dict[str, float]:
+        """Record that `image` was just used; every image's last use by this worker, unix seconds."""
+        path = self.root / "images.json"
+        try:
+            uses = {str(k): float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            uses = {}
+        uses[image] = time.time()
+        write_json_atomic(path, uses)
+        return uses
+
     # --- outbox ---
 
     def outbox(self) -> Outbox:
