@@ -43,19 +43,10 @@ fi
 
 # --- Debian packages ---------------------------------------------------------
 packages=${BOOTSTRAP_PACKAGES:-docker.io busybox-static shellcheck debootstrap docker-registry iproute2 prometheus}
-missing=()
-for pkg in $packages; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    command -v apt-get >/dev/null || die "missing packages (${missing[*]}) and no apt-get: install them by hand"
-    [ "$(id -u)" = 0 ] || die "missing packages (${missing[*]}): run as root, or: sudo apt-get install ${missing[*]}"
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed"
-fi
+# shellcheck source=scripts/debian_packages.sh
+source "$root/scripts/debian_packages.sh"
+# shellcheck disable=SC2086 # the list is space-separated on purpose
+install_missing $packages
 
 # --- Docker daemon -------------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then

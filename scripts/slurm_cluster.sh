@@ -17,6 +17,8 @@ set -euo pipefail
 
 die() { echo "slurm_cluster: ERROR: $*" >&2; exit 1; }
 say() { echo "slurm_cluster: $*"; }
+# shellcheck source=scripts/debian_packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/debian_packages.sh"
 
 timeout=${SLURM_CLUSTER_TIMEOUT:-60}
 conf=/etc/slurm/slurm.conf
@@ -73,19 +75,7 @@ stop_daemon() {
 }
 
 install_packages() {
-    local pkg missing=()
-    for pkg in slurm-wlm munge; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    command -v apt-get >/dev/null || die "missing packages (${missing[*]}) and no apt-get: install them by hand"
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    # policy-rc.d or the lack of systemd may stop the packages' own services from
-    # starting: harmless, this script starts the daemons itself.
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed"
+    install_missing slurm-wlm munge
 }
 
 start_munge() {

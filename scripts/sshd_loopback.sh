@@ -15,6 +15,8 @@ set -euo pipefail
 
 die() { echo "sshd_loopback: ERROR: $*" >&2; exit 1; }
 say() { echo "sshd_loopback: $*" >&2; }
+# shellcheck source=scripts/debian_packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/debian_packages.sh"
 
 action=start
 case "${1:-}" in
@@ -47,17 +49,7 @@ print_env() {
 }
 
 install_packages() {
-    local pkg missing=()
-    for pkg in openssh-server openssh-client; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    command -v apt-get >/dev/null || die "missing packages (${missing[*]}) and no apt-get: install them by hand"
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed"
+    install_missing openssh-server openssh-client
 }
 
 choose_port() {
