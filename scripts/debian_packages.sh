@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the setup scripts (after they define die and say): install_missing PKG... installs, as root,
-set -euo pipefail  # as the scripts that source it
 # the Debian packages that are not installed yet, running apt-get update only then.
+set -euo pipefail  # as the scripts that source it
 install_missing() {
     local pkg missing=()
     for pkg in "$@"; do
