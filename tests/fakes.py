@@ -49,6 +49,7 @@ class FakeExecutor:
         self.containers: dict[str, FakeContainer] = {}
         self.available = True
         self.block_start = threading.Event()
+        self.unreachable_starts = 0  # this many starts find the executor gone (dockerd restarting)
         self.max_running = 0
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
@@ -94,6 +95,9 @@ class FakeExecutor:
 
     def start(self, spec: JobSpec, progress: Callable[[str], None], cancel: threading.Event) -> JobHandle:
         self.ping()
+        if self.unreachable_starts:
+            self.unreachable_starts -= 1
+            raise ExecutorUnavailable("fake executor restarting")
         if self.block_start.is_set():  # an image pull that takes as long as the worker lets it
             cancel.wait()
             raise StartCancelled("the worker is shutting down; pull abandoned")

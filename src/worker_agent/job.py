@@ -19,7 +19,17 @@ from worker_agent.backend.client import BackendClient, BackendError, Conflict
 from worker_agent.backend.reporter import Reporter, owns
 from worker_agent.backoff import Outage
 from worker_agent.config import Settings
-from worker_agent.domain import STOPPING, TERMINAL, JobHandle, JobRecord, LogPosition, Status, StatusUpdate, StopReason
+from worker_agent.domain import (
+    STOPPING,
+    TERMINAL,
+    JobHandle,
+    JobRecord,
+    JobSpec,
+    LogPosition,
+    Status,
+    StatusUpdate,
+    StopReason,
+)
 from worker_agent.errors import exit_code_error, failure
 from worker_agent.executors.base import (
     Executor,
@@ -41,6 +51,8 @@ log = logging.getLogger(__name__)
 
 # How often the supervision loop looks at the job when nothing else is due.
 _TICK_SECONDS = 0.5
+# How long a job waits for an unreachable executor (e.g. dockerd restarting) before it fails to start.
+_START_PATIENCE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,7 @@ class JobRun:
                         set_options(self.job_id, payload.deucalion_options)
                     except ExecutorError as exc:
                         return self._fail("invalid_payload", f"invalid_payload: {exc}")
-                self.handle = self.ctx.executor.start(spec, self._note, self.ctx.shutdown)
+                self.handle = self._start(spec)
                 log_size = self._log.size()
             except StartCancelled as exc:
                 self._note(str(exc))
@@ -152,6 +164,21 @@ class JobRun:
             return self._supervise()
         finally:
             self._log.close()
+
+    def _start(self, spec: JobSpec) -> JobHandle:
+        """Start the job; while the executor is unreachable (dockerd restarting), wait for it with backoff
+        for a while instead of failing a job that did nothing wrong."""
+        deadline = time.monotonic() + _START_PATIENCE_SECONDS
+        while True:
+            try:
+                return self.ctx.executor.start(spec, self._note, self.ctx.shutdown)
+            except ExecutorUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self._note(f"the executor is unreachable ({exc}); waiting for it")
+                self.ctx.health.executor_down(exc)
+                if self.ctx.shutdown.wait(self._executor_outage.failed(exc)):
+                    raise StartCancelled("the worker is shutting down; the job was not started") from None
 
     def _prune_images(self, image: str) -> None:
         """IMAGE_PRUNE_KEEP: hosts that run many tags keep only the most recently used ones."""
@@ -444,7 +471,8 @@ class JobRun:
         if ended.get("error_code"):  # an executor with its own verdict (Slurm: timeout, node failure...)
             details.update(category=ended.get("error_category"), hint=ended.get("error_hint"))
             return str(ended["error_code"]), ended.get("error"), details
-        return exit_code_error(code, bool(ended.get("oom_killed"))), None, details
+        error_code = exit_code_error(code, bool(ended.get("oom_killed")))
+        return error_code, _exit_error(error_code, code), details
 
     def refuse(self, error: PayloadError) -> Status:
         """The payload asks for what this worker does not run: the job fails with the reason."""
@@ -557,6 +585,15 @@ class JobRun:
             attempt_token=self._attempt_token,
             worker_version=__version__,
         )
+
+
+def _exit_error(error_code: str | None, code: int) -> str | None:
+    """The `error` text of a job that ended by itself."""
+    if error_code == "oom_killed":
+        return f"the job ran out of memory (exit code {code})"
+    if error_code == "killed_by_signal":
+        return f"the job was killed by signal {code - 128}"
+    return f"the job exited with code {code}" if error_code else None
 
 
 def _start_error_code(error: Exception) -> str:

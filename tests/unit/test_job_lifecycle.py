@@ -147,3 +147,23 @@ def test_the_log_says_which_secrets_are_too_short_to_mask(rig: Rig) -> None:
     log = rig.log("j1")
     assert log.startswith(b"[job-worker-agent] not masked in this log: API_TOKEN (values of 1-3 characters")
     assert log.endswith(b"token is abc, key is ***\n")
+
+
+def test_a_start_that_finds_the_executor_gone_waits_for_it_instead_of_failing(rig: Rig) -> None:
+    rig.executor.unreachable_starts = 2  # dockerd restarting right after the loop's own check
+    rig.backend.submit("j1")
+    rig.start()
+
+    rig.wait_status("j1", "finished")
+    assert "failed" not in rig.backend.history["j1"]
+    assert rig.log("j1").count(b"the executor is unreachable") == 2
+
+
+def test_a_nonzero_exit_says_so_in_error(rig: Rig) -> None:
+    rig.executor.default = Script(exit_code=3)
+    rig.backend.submit("j1")
+    rig.start()
+
+    rig.wait_status("j1", "failed")
+    job = rig.backend.jobs["j1"]
+    assert (job["error"], job["error_code"]) == ("the job exited with code 3", "nonzero_exit")
