@@ -213,6 +213,7 @@ def test_the_slurm_executor_replaces_the_docker_rows(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SLURM_STAGING", "nowhere")  # stops the Slurm rows before any command runs
     now = time.time()
     monkeypatch.setattr(doctor, "probe_backend", lambda s: doctor._Probe(404, email.utils.formatdate(now), now, now))
+    monkeypatch.setattr(doctor, "_available_hosts", lambda s: None)
 
     names = [check.name for check in doctor.run_checks(None)]
 
@@ -220,6 +221,7 @@ def test_the_slurm_executor_replaces_the_docker_rows(monkeypatch: pytest.MonkeyP
         "configuration",
         "backend",
         "clock",
+        "worker id",
         "slurm settings",
         *doctor.SLURM_ROWS,
         "shared dir",
@@ -451,3 +453,10 @@ def test_run_dir_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setenv("HOME", str(tmp_path))  # the default: $HOME/.opeva-slurm of the cluster's user
     assert doctor.check_run_dir(*local()).detail == f"{tmp_path}/.opeva-slurm can be created on this host"
+
+
+def test_a_worker_id_outside_the_orchestrators_available_hosts_fails_with_the_fix() -> None:
+    check = doctor.check_worker_id(settings(), ["w2", "w3"])
+    assert check.result == FAIL and "AVAILABLE_HOSTS" in check.detail and "AVAILABLE_HOSTS" in check.fix
+    assert doctor.check_worker_id(settings(), ["w1"]).result == OK
+    assert doctor.check_worker_id(settings(), None).result == SKIP  # the reference backend has no such list

@@ -147,6 +147,13 @@ class BackendClient:
         own_404 = isinstance(detail, str) and bool(_UNKNOWN_JOB.fullmatch(detail))
         return response.status_code, response.headers.get("date"), own_404
 
+    def available_hosts(self) -> list[str] | None:
+        """The orchestrator's AVAILABLE_HOSTS (GET /hosts), or None where the backend does not publish them."""
+        _, body = self._call("GET", "/hosts")
+        answer = _decode(body)
+        hosts = answer.get("available_hosts") if isinstance(answer, dict) else None
+        return [str(host) for host in hosts] if isinstance(hosts, list) else None
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         try:
             return self._exchange(method, path, body)

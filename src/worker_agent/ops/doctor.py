@@ -64,6 +64,16 @@ class _Probe:
     agent_api: bool = True  # a 404 in the backend's own words, not a missing route
 
 
+def _available_hosts(settings: config.Settings) -> list[str] | Exception | None:
+    client = BackendClient.for_settings(settings)
+    try:
+        return client.available_hosts()
+    except BackendError as exc:
+        return exc
+    finally:
+        client.close()
+
+
 def check_configuration(args: argparse.Namespace | None) -> tuple[Check, config.Settings | None]:
     try:
         settings = config.load(args)
@@ -82,6 +92,22 @@ def probe_backend(settings: config.Settings, transport: httpx.BaseTransport | No
         return _Probe(status, date, sent_at, time.time(), agent_api)
     finally:
         client.close()
+
+
+def check_worker_id(settings: config.Settings, hosts: list[str] | Exception | None) -> Check:
+    """The orchestrator answers heartbeats of worker ids outside its AVAILABLE_HOSTS with 400 (read-only check)."""
+    if isinstance(hosts, Exception):
+        return Check("worker id", SKIP, f"the backend's host list could not be read: {hosts}")
+    if hosts is None:
+        return Check("worker id", SKIP, "the backend publishes no list of hosts (not the orchestrator)")
+    if settings.worker_id not in hosts:
+        return Check(
+            "worker id",
+            FAIL,
+            f"WORKER_ID={settings.worker_id} is not in the orchestrator's AVAILABLE_HOSTS {hosts}",
+            "add it to AVAILABLE_HOSTS on the orchestrator, or set WORKER_ID to one of those names",
+        )
+    return Check("worker id", OK, f"{settings.worker_id} is one of the orchestrator's AVAILABLE_HOSTS")
 
 
 def check_backend(settings: config.Settings, probe: _Probe | Exception) -> Check:
@@ -588,6 +614,8 @@ def run_checks(args: argparse.Namespace | None) -> list[Check]:
     except (BackendError, config.ConfigError) as exc:
         probe = exc
     checks += [check_backend(settings, probe), check_clock(probe)]
+    reachable = not isinstance(probe, Exception) and probe.agent_api
+    checks.append(check_worker_id(settings, _available_hosts(settings) if reachable else None))
     if settings.executor == "slurm":
         checks += slurm_checks(settings)
     else:
