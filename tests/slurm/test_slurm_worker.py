@@ -3,12 +3,15 @@ backend over loopback. The executor's own behaviour is tested in test_slurm_exec
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Devserver, WorkerProcess, sh, wait_for
-from slurm_support import cancel_jobs_of
+from harness import REPO, Devserver, WorkerProcess, sh, wait_for
+from slurm_support import cancel_jobs_of, ssh_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 Make = Callable[..., WorkerProcess]
@@ -105,3 +108,26 @@ def test_kill_9_with_three_jobs_running_readopts_all_with_complete_logs(
     for job_id in jobs:
         assert devserver.status(job_id) == "finished"
         expected_lines(devserver.log_file(job_id), 60)
+
+
+def test_an_ssh_outage_mid_job_is_waited_out_and_no_job_is_lost(
+    devserver: Devserver, slurm_worker: Callable[..., WorkerProcess], sshd: dict[str, str]
+) -> None:
+    job_id = devserver.submit(image=IMAGE, command=numbered(80))
+    worker = slurm_worker(**ssh_env(sshd)).start("--exit-after-job")
+    devserver.wait_status(job_id, {"running"}, timeout=60)
+    wait_for(lambda: "line-5\n" in devserver.log_file(job_id).read_text(), 60, "output")
+
+    sshd_script = str(REPO / "scripts" / "sshd_loopback.sh")
+    subprocess.run(["bash", sshd_script, "stop", "/tmp/opeva-sshd"], check=True, capture_output=True)
+    # Also the session of the multiplexed connection, which outlives the listening daemon: the network is gone.
+    subprocess.run(["pkill", "-f", "^sshd: root"], check=False)
+    time.sleep(5)  # the login node is unreachable: an outage, not a failed job
+    assert devserver.status(job_id) == "running"
+    env = {**os.environ, "SSHD_PORT": sshd["SSHD_PORT"]}  # the same port, the same host key
+    subprocess.run(["bash", sshd_script, "start", "/tmp/opeva-sshd"], check=True, capture_output=True, env=env)
+
+    assert worker.wait(180) == 0, worker.text()
+    assert devserver.status(job_id) == "finished"
+    expected_lines(devserver.log_file(job_id), 80)
+    assert "unavailable" in worker.text()  # said once, then waited out
