@@ -280,7 +280,8 @@ class JobRun:
     def stop(self, reason: StopReason) -> None:
         """Stop the job (SIGTERM, SIGKILL after the grace period); the first reason decides what is reported,
         except that losing the job overrides any: then nothing is reported."""
-        if self._stop_reason is None or (reason == StopReason.LOST_OWNERSHIP != self._stop_reason):
+        losing = reason == StopReason.LOST_OWNERSHIP and self._stop_reason != reason
+        if self._stop_reason is None or losing:
             self._stop_reason = reason
             log.info("job %s: stopping it (%s)", self.job_id, reason, extra=self._extra)
         if self._stop_sent or self.handle is None:
