@@ -3,7 +3,9 @@
 The same job runs twice, once under a worker left alone and once under a worker killed (kill -9) in the
 middle; both logs must be byte for byte the same, for output that json-file does not keep as printed:
 a `\\r` progress bar of multi-byte characters with no newline for far more than 64 KiB (cut by Docker's
-16 KiB pieces inside characters), Latin-1 bytes, and stdout/stderr interleaved.
+16 KiB pieces inside characters), Latin-1 bytes, and stdout/stderr interleaved. The two streams are printed
+50 ms apart: Docker itself may store lines of two streams printed closer together in either order (more so
+on a loaded host), and the worker cannot know its order before it reads Docker's copy (docs/logs.md).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ Make = Callable[..., WorkerProcess]
 BLOCK = r"\342\226\210" * 50  # 50 x U+2588 FULL BLOCK, 150 bytes
 HOSTILE_OUTPUT = f"""
 i=0; while [ $i -lt 60 ]; do
-  printf 'out %d caf\\351 na\\357ve \\342\\202\\254\\n' $i; usleep 5000; printf 'err %d \\377\\376\\n' $i >&2
+  printf 'out %d caf\\351 na\\357ve \\342\\202\\254\\n' $i; usleep 50000; printf 'err %d \\377\\376\\n' $i >&2
   i=$((i+1)); usleep 15000
 done
 echo bar-start
 i=0; while [ $i -lt 700 ]; do printf '\\r{BLOCK}%d' $i; i=$((i+1)); usleep 4000; done
 printf '\\n'
 i=0; while [ $i -lt 60 ]; do
-  printf 'tail %d \\351\\n' $i; usleep 5000; printf 'tail-err %d\\n' $i >&2; i=$((i+1)); usleep 15000
+  printf 'tail %d \\351\\n' $i; usleep 50000; printf 'tail-err %d\\n' $i >&2; i=$((i+1)); usleep 15000
 done
 """
 
