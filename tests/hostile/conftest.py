@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -170,15 +171,19 @@ def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[Any, ..
     """Every entry under `root` except those under `skip`: type and, for files and links, content facts.
 
     Directories record no mtime: creating jobs/<id> legitimately touches jobs/ itself; a new entry
-    anywhere still shows up as a new key.
+    anywhere still shows up as a new key. The worker's own share probe (jobs/.probe-<pid>, written and
+    removed at every check) is not an entry a job made.
     """
     entries: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
-            if any(path == s or path.is_relative_to(s) for s in skip):
+            if any(path == s or path.is_relative_to(s) for s in skip) or _is_share_probe(root, path):
                 continue
-            info = os.lstat(path)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:  # gone since the listing (a probe removed meanwhile)
+                continue
             if os.path.islink(path):
                 entries[str(path)] = ("link", os.readlink(path))
             elif os.path.isdir(path):
@@ -186,6 +191,10 @@ def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[Any, ..
             else:
                 entries[str(path)] = ("file", info.st_mode, info.st_size, info.st_mtime_ns)
     return entries
+
+
+def _is_share_probe(root: Path, path: Path) -> bool:
+    return path.parent == root / "jobs" and re.fullmatch(r"\.probe-\d+", path.name) is not None
 
 
 class Scene:
