@@ -146,6 +146,10 @@ class Worker:
 
     def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
+        if not self._needs_readopt and not self._may_take_job():
+            # Nothing to take: no executor or share check either (each job watches its own). With every slot
+            # busy these checks were most of a Slurm worker's commands (bench/SLURM.md).
+            return self.settings.poll_interval  # woken at once when a slot ends
         if not self._executor_ready():
             return self._executor_outage.failed(self._executor_error)
         if not self._share_ready():
@@ -153,8 +157,6 @@ class Worker:
         if self._needs_readopt:
             self._readopt()
             return 0
-        if not self._may_take_job():
-            return self.settings.poll_interval  # woken at once when a slot ends
         try:
             raw = self.backend.next_job()
         except BackendError as exc:
@@ -187,7 +189,7 @@ class Worker:
                 log.error("skipping a payload without a usable job_id: %s", exc.reason)
                 return False
             refused = JobRun(self._ctx, exc.job_id, *payload.attempt_of(raw))
-            self._job_ended(exc.job_id, refused.refuse(exc))
+            self._job_ended(refused, refused.refuse(exc))
             return True
         run = JobRun(self._ctx, job.job_id, job.attempt_number, job.attempt_token)
         if self.stopping.is_set():  # SIGTERM came while next-job was on its way: start nothing
@@ -197,7 +199,7 @@ class Worker:
             # Dispatched again to this very worker (an operator requeue): the older attempt is not ours any more.
             older.lose(f"the backend dispatched it again (attempt {job.attempt_number})")
         self._jobs_taken += 1
-        self._slots.start(run, functools.partial(run.run_new, job), self._on_job_end)
+        self._slots.start(run, functools.partial(run.run_new, job), self._job_ended)
         self.heartbeat.beat_now()
         return True
 
@@ -214,15 +216,12 @@ class Worker:
                 continue
             self._jobs_taken += 1
             run = JobRun(self._ctx, handle.job_id)
-            self._slots.start(run, functools.partial(run.run_adopted, handle), self._on_job_end)
+            self._slots.start(run, functools.partial(run.run_adopted, handle), self._job_ended)
         if owned:
             self.heartbeat.beat_now()
 
-    def _on_job_end(self, run: JobRun, status: Status | None) -> None:
-        self._job_ended(run.job_id, status)
-
-    def _job_ended(self, job_id: str, status: Status | None) -> None:
-        self._last_job = (job_id, status)
+    def _job_ended(self, run: JobRun, status: Status | None) -> None:
+        self._last_job = (run.job_id, status)
         self.heartbeat.beat_now()
 
     def _stop_seen(self, job_id: str) -> None:
