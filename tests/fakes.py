@@ -190,6 +190,7 @@ class FakeBackend:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.queue: list[str] = []
         self.history: dict[str, list[str]] = {}
+        self.reports: dict[str, list[dict[str, Any]]] = {}  # every status body accepted, per job
         self.heartbeats: list[dict[str, Any]] = []
         self.down = False
         self.refused: dict[str, bool] = {}  # statuses this backend does not know, e.g. {"setup": True}
@@ -260,5 +261,6 @@ class FakeBackend:
         if wanted != current:
             job["status"] = wanted
             self.history[job["job_id"]].append(wanted)
+        self.reports.setdefault(job["job_id"], []).append(body)
         job.update({k: v for k, v in body.items() if k in ("exit_code", "error", "error_code", "error_category")})
         return httpx.Response(200, json={"ok": True})

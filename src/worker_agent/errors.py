@@ -25,7 +25,6 @@ ERRORS: dict[str, tuple[str, str]] = {
     "worker_shutdown": (WORKER, "The worker shut down before the job started; resubmit it."),
     "artifact_sync_failed": (INFRASTRUCTURE, "The job's results could not be copied back from the cluster."),
     "lost_job": (INFRASTRUCTURE, "The cluster no longer knows the job and it left no exit record."),
-    "job_lost": (INFRASTRUCTURE, "The cluster no longer knows the job and it left no exit record."),
     "node_fail": (INFRASTRUCTURE, "The cluster node running the job failed; resubmit it."),
     "preempted": (INFRASTRUCTURE, "The cluster preempted the job; resubmit it."),
     "boot_fail": (INFRASTRUCTURE, "The cluster node could not boot for the job; resubmit it."),

@@ -107,8 +107,8 @@ class Health:
         with self._lock:
             state = self._state
             return {
-                "docker_ok": state.executor_version is not None,
-                "docker_version": state.executor_version,
+                "executor_ok": state.executor_version is not None,
+                "executor_version": state.executor_version,
                 "share_ok": state.share_problem is None,
                 "share_problem": state.share_problem,
                 "shared_free_bytes": state.share_free_bytes,

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from worker_agent import __version__
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 _TICK_SECONDS = 0.5
 # How long a job waits for an unreachable executor (e.g. dockerd restarting) before it fails to start.
 _START_PATIENCE_SECONDS = 300.0
+# What makes a queued batch job's `setup` worth sending again.
+_QUEUE_DETAILS = ("pending_reason", "queue_position", "blocked")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class JobRun:
         self._adopted = False
         self._stop_reason: StopReason | None = None
         self._stop_sent = False
+        self._queue_seen: dict[str, Any] | None = None  # the pending reason and queue position last reported
         self._fail_reason: str | None = None  # the container vanished under the job
         self._lost: str | None = None  # why this worker no longer owns the job (set from any thread)
         self.attempt_number = attempt_number
@@ -373,8 +376,20 @@ class JobRun:
             log.debug("state check failed: %s", exc, extra=self._extra)
             return
         verdict = outcome(self.handle)
-        if verdict is not None and verdict.status in (Status.RUNNING, Status.FINISHED, Status.FAILED):
+        if verdict is None:
+            return
+        if verdict.status in (Status.RUNNING, Status.FINISHED, Status.FAILED):
             self._report(Status.RUNNING)
+            return
+        # Still queued: `setup` again whenever the reason or the place in the line changes, so that the
+        # person who submitted the job sees why it waits (the backend takes a repeated status as a refresh).
+        waiting = {key: verdict.details[key] for key in _QUEUE_DETAILS if key in verdict.details}
+        if waiting != self._queue_seen:
+            self._queue_seen = waiting
+            details = dict(verdict.details)
+            if verdict.error_hint:
+                details["hint"] = verdict.error_hint  # e.g. the job can never start as submitted
+            self._report(Status.SETUP, **details)
 
     def _refresh_running(self) -> None:
         if self._stop_reason is not None or self.status != Status.RUNNING:
@@ -571,6 +586,8 @@ class JobRun:
         update = self._update(status, exit_code, error)
         if error_code is not None:
             update = failure(update, error_code, exit_code=exit_code, **details)
+        elif details:
+            update = replace(update, details=details)
         self.ctx.reporter.report(update)
 
     def _update(self, status: Status, exit_code: int | None = None, error: str | None = None) -> StatusUpdate:

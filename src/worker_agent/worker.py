@@ -257,7 +257,11 @@ class Worker:
 
     def heartbeat_info(self) -> dict[str, Any]:
         jobs = [run.summary() for run in self._slots.runs()]
+        running = sum(job["status"] in (Status.RUNNING, Status.STOP_REQUESTED) for job in jobs)
         last_id, last_status = self._last_job or (None, None)
+        health = self.health.heartbeat_info()
+        if self.executor.name == "docker":  # the name dashboards of the first version read
+            health.update(docker_ok=health["executor_ok"], docker_version=health["executor_version"])
         return {
             "worker_version": __version__,
             "executor": self.executor.name,
@@ -269,11 +273,13 @@ class Worker:
             "active_job_ids": [job["job_id"] for job in jobs],
             "active_job_id": jobs[0]["job_id"] if jobs else None,
             "active_job_count": len(jobs),
+            "running_job_count": running,
+            "pending_job_count": len(jobs) - running,  # accepted, not running yet (image pull, Slurm queue)
             "last_job_id": last_id,
             "last_terminal_status": str(last_status) if last_status else None,
             "draining": self.draining.is_set() or self.stopping.is_set() or self.settings.exit_after_job,
             "outbox_depth": self.outbox.depth(),
-            **self.health.heartbeat_info(),
+            **health,
             **host_info(),
         }
 

@@ -155,7 +155,7 @@ def test_a_job_slurm_forgot_is_lost_after_the_grace(make_executor: MakeExecutor)
     with pytest.raises(JobLost):
         executor.exit_code(ghost)
     verdict = executor.outcome(ghost)
-    assert verdict is not None and verdict.error_code == "job_lost"
+    assert verdict is not None and verdict.error_code == "lost_job"
 
 
 def test_deucalion_options(make_executor: MakeExecutor) -> None:

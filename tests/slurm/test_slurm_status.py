@@ -322,7 +322,7 @@ def test_outcome_unknown_state_and_missing_job() -> None:
     assert (strange.status, strange.error_code, strange.error_category) == ("failed", "unknown_state", "worker")
     assert strange.error is not None and "WEIRD_NEW_STATE" in strange.error
     lost = outcome_for_missing("42")
-    assert (lost.status, lost.error_code, lost.details["slurm_job_id"]) == ("failed", "job_lost", "42")
+    assert (lost.status, lost.error_code, lost.details["slurm_job_id"]) == ("failed", "lost_job", "42")
 
 
 def test_outcome_failed_without_exit_code() -> None:

@@ -131,3 +131,22 @@ def test_an_ssh_outage_mid_job_is_waited_out_and_no_job_is_lost(
     assert devserver.status(job_id) == "finished"
     expected_lines(devserver.log_file(job_id), 80)
     assert "unavailable" in worker.text()  # said once, then waited out
+
+
+def test_a_queued_job_is_setup_with_why_it_waits_then_runs(
+    devserver: Devserver, slurm_worker: Callable[..., WorkerProcess]
+) -> None:
+    job_id = devserver.submit(image=IMAGE, command=numbered(3))
+    worker = slurm_worker(SLURM_EXTRA_ARGS="--hold").start("--exit-after-job")
+
+    def held() -> dict[str, object] | None:
+        job = devserver.job(job_id)
+        details = job.get("details") or {}
+        return details if job["status"] == "setup" and "held" in str(details.get("pending_reason")) else None
+
+    details = wait_for(held, 60, "setup with the pending reason")
+    subprocess.run(["scontrol", "release", str(details["slurm_job_id"])], check=True)
+
+    assert worker.wait(120) == 0, worker.text()
+    assert [entry["status"] for entry in devserver.job(job_id)["history"]][-3:] == ["setup", "running", "finished"]
+    expected_lines(devserver.log_file(job_id), 3)

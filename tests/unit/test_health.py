@@ -34,7 +34,7 @@ def test_each_missing_condition_is_named() -> None:
         "shared directory: /s does not exist",
     ]
     info = health.heartbeat_info()
-    assert (info["docker_ok"], info["share_ok"], info["share_problem"]) == (False, False, "/s does not exist")
+    assert (info["executor_ok"], info["share_ok"], info["share_problem"]) == (False, False, "/s does not exist")
 
 
 def test_heartbeat_older_than_three_intervals_or_none_is_not_ready() -> None:

@@ -137,7 +137,7 @@ def test_no_job_is_taken_while_the_executor_is_down(rig: Rig, caplog: pytest.Log
         rig.start()
         wait_for(lambda: len(rig.backend.heartbeats) >= 2, 2, "heartbeats")
         info = rig.backend.heartbeats[-1]
-        assert info["docker_ok"] is False and rig.backend.status("a") == "queued"
+        assert info["executor_ok"] is False and rig.backend.status("a") == "queued"
 
         rig.executor.available = True
         rig.wait_status("a", "finished")

@@ -521,8 +521,8 @@ def outcome_for_missing(job_id: str) -> Outcome:
     """The job is unknown to slurmctld (and to sacct, if any): it ended more than MinJobAge ago or was purged."""
     return Outcome(
         "failed",
-        error_code="job_lost",
-        error_category="worker",
+        error_code="lost_job",
+        error_category="infrastructure",
         error=f"Slurm no longer knows job {job_id} and its outcome was not recorded",
         details={"slurm_job_id": job_id},
         error_hint="The worker lost track of the job (it was away longer than Slurm keeps finished jobs); resubmit it.",
