@@ -42,8 +42,8 @@ class Settings:
     allowed_images: tuple[str, ...] = ()
     job_timeout: float | None = None
     max_log_bytes: int = defaults.MAX_LOG_BYTES
-    docker_log_max_bytes: int | None = None
-    image_prune_keep: int | None = None  # None: DOCKER_LOG_MAX_FACTOR x max_log_bytes
+    docker_log_max_bytes: int | None = None  # None: DOCKER_LOG_MAX_FACTOR x max_log_bytes
+    image_prune_keep: int | None = None  # None: keep every image
     stop_job_on_exit: bool = False
     redact_vars: tuple[str, ...] = ()
     token: str | None = None

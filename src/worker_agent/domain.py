@@ -93,6 +93,10 @@ class LogPosition:
     stdout_messages: int = 0
     stderr_messages: int = 0
     file_size: int = 0
+    # A digest of the last bytes of each stream's messages so far ("" if none): a replay that no longer
+    # starts with the job's first message (Docker rotated its copy) is told from one that does.
+    stdout_tail: str = ""
+    stderr_tail: str = ""
 
 
 @dataclass

@@ -41,7 +41,7 @@ from worker_agent.executors.base import (
 )
 from worker_agent.health import Health
 from worker_agent.logs.jobfiles import JobLog
-from worker_agent.logs.pump import LogPump
+from worker_agent.logs.pump import LogPump, ReplayShifted
 from worker_agent.ops import metrics
 from worker_agent.payload import JobPayload, PayloadError
 from worker_agent.policy import build_spec, secret_values, unmaskable_secrets
@@ -543,7 +543,17 @@ class JobRun:
 
         def run() -> None:
             try:
-                pump.pump(executor.output(handle, from_start, follow))
+                try:
+                    pump.pump(executor.output(handle, from_start, follow))
+                    shifted = not follow and pump.replay_short
+                except ReplayShifted:
+                    shifted = True
+                if shifted:  # Docker rotated away the start of its copy while no worker read it
+                    log.warning(
+                        "job %s: the replay no longer starts at the job's start", self.job_id, extra=self._extra
+                    )
+                    pump.relocate(executor.output(handle, True, False))
+                    pump.pump(executor.output(handle, True, follow))
                 state.clean = True
             except (ExecutorUnavailable, ExecutorError, OSError) as exc:
                 log.warning("log stream of job %s broke: %s", self.job_id, exc, extra=self._extra)

@@ -6,11 +6,11 @@ from pathlib import Path
 from worker_agent.domain import LogPosition
 from worker_agent.executors.docker import demux
 from worker_agent.logs.jobfiles import JobLog
-from worker_agent.logs.pump import STDERR, STDOUT, LogPump
+from worker_agent.logs.pump import LOST_MARKER, STDERR, STDOUT, LogPump, ReplayShifted
 
 
 def open_log(path: Path) -> JobLog:
-    return JobLog(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    return JobLog(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644))
 
 
 def frame(stream: int, data: bytes) -> bytes:
@@ -33,7 +33,8 @@ def test_live_pump_writes_whole_messages_replaces_bad_bytes_and_checkpoints(tmp_
     pump.finish()
     log.close()
     assert path.read_bytes() == "café ok\nbad \ufffd byte\nno newline".encode()
-    assert checkpoints[-1] == LogPosition(stdout_messages=2, stderr_messages=1, file_size=path.stat().st_size)
+    last = checkpoints[-1]
+    assert (last.stdout_messages, last.stderr_messages, last.file_size) == (2, 1, path.stat().st_size)
 
 
 def test_a_cut_stream_writes_nothing_it_holds(tmp_path: Path) -> None:
@@ -90,3 +91,47 @@ def test_raw_input_replayed_from_its_start_skips_the_messages_the_file_has(tmp_p
     log.close()
     assert path.read_bytes() == b"l1\nl2\nl3\nl4"
     assert pump.position.stdout_messages == 4
+
+
+def _lines(*numbers: int) -> list[tuple[int, bytes]]:
+    return [(STDOUT, f"line {n} of the job's output\n".encode()) for n in numbers]
+
+
+def _live_then_resume(tmp_path: Path, live: int, replay: list[tuple[int, bytes]]) -> bytes:
+    """Lines 0..live-1 written live and checkpointed, then a worker restart that catches up from `replay`
+    (Docker's copy, one frame per message) the way JobRun does: relocating when it does not fit."""
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "job.log"
+    log = open_log(path)
+    checkpoints: list[LogPosition] = []
+    LogPump(log, LogPosition(), raw=True, on_checkpoint=checkpoints.append, checkpoint_seconds=0).pump(
+        _lines(*range(live))
+    )
+    pump = LogPump(log, checkpoints[-1], raw=False)
+    try:
+        pump.pump(replay)
+        shifted = pump.replay_short
+    except ReplayShifted:
+        shifted = True
+    if shifted:
+        pump.relocate(replay)
+        pump.pump(replay)
+    pump.finish()
+    log.close()
+    return path.read_bytes()
+
+
+def test_a_replay_that_still_holds_the_resume_point_continues_exactly(tmp_path: Path) -> None:
+    whole = b"".join(data for _, data in _lines(*range(13)))
+    assert _live_then_resume(tmp_path / "a", 10, _lines(*range(13))) == whole
+    # Docker rotated away lines 0-3, which the file has: found again by their bytes, nothing is lost.
+    assert _live_then_resume(tmp_path / "b", 10, _lines(*range(4, 13))) == whole
+
+
+def test_a_replay_rotated_past_the_resume_point_says_so_once(tmp_path: Path) -> None:
+    before = b"".join(data for _, data in _lines(*range(10)))
+    marker = f"[job-worker-agent] {LOST_MARKER}\n".encode()
+    for name, kept in (("short", range(15, 21)), ("long", range(15, 41))):
+        after = b"".join(data for _, data in _lines(*kept))
+        # Fewer messages than the file had (a short replay) or more (the count lands on other bytes).
+        assert _live_then_resume(tmp_path / name, 10, _lines(*kept)) == before + marker + after

@@ -19,7 +19,7 @@ def _subdir(parent_fd: int, name: str) -> int:
 
 
 def open_job_log(shared_dir: Path, job_id: str) -> int:
-    """Open (creating folders and file) `<shared>/jobs/<id>/logs/<id>.log` for writing; return the fd.
+    """Open (creating folders and file) `<shared>/jobs/<id>/logs/<id>.log` for appending; return the fd.
 
     `job_id` must already be checked (payload.JOB_ID_PATTERN). Raises OSError when any part of the
     path is a symlink or not what it should be.
@@ -28,7 +28,8 @@ def open_job_log(shared_dir: Path, job_id: str) -> int:
     try:
         for name in ("jobs", job_id, "logs"):
             fds.append(_subdir(fds[-1], name))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        # Read and write: JobLog.ends_line reads the last byte back.
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(f"{job_id}.log", flags, 0o644, dir_fd=fds[-1])
     finally:
         for opened in fds:
@@ -88,6 +89,13 @@ class JobLog:
         # would let it checkpoint bytes that never reached the file.
         if self._closed:
             raise LogClosed("the job log was closed (job detached or handed over)")
+
+    def ends_line(self) -> bool:
+        """True when the file is empty or ends with a newline: a line of the worker's own can start here."""
+        with self._lock:
+            self._check_open()
+            size = os.fstat(self._fd).st_size
+            return size == 0 or os.pread(self._fd, 1, size - 1) == b"\n"
 
     def note(self, line: str) -> None:
         """A line from the worker itself (e.g. image pull progress), marked as such in the job log."""

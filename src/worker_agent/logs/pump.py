@@ -10,10 +10,16 @@ then. A new pump cuts the file back to that size (a crash may have left bytes wr
 checkpoint) and skips that many messages of each stream. Nothing is flushed when a stream merely ends (a cut
 attach stream, a dockerd restart): what the splitters and maskers hold stays unwritten, and the next pump
 resumes from the checkpoint. Only `finish`, at the job's real end, writes it.
+
+Docker keeps a bounded, rotated copy (DOCKER_LOG_MAX_BYTES). A job that printed more than that while no
+worker read it has lost the start of its replay: the last bytes before the resume point (their digest is in
+the checkpoint) are then not where the count says. `ReplayShifted` is raised, and `relocate` finds them in
+what Docker kept, or, when they are gone too, writes one marker line where the output was lost.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -25,6 +31,19 @@ from worker_agent.ops import metrics
 
 STDOUT, STDERR = 1, 2
 _STREAMS = (STDOUT, STDERR)
+_TAIL_BYTES = 64  # what a resume point's digest covers: enough to tell one place in the output from another
+LOST_MARKER = (
+    "output may be missing here: while no worker read it, the job printed more than Docker keeps of it "
+    "(DOCKER_LOG_MAX_BYTES); the log goes on with the oldest output Docker still had"
+)
+
+
+class ReplayShifted(Exception):
+    """Docker's replay does not start with the job's first message any more (its copy was rotated)."""
+
+
+def tail_digest(tail: bytes) -> str:
+    return hashlib.blake2b(tail, digest_size=16).hexdigest() if tail else ""
 
 
 class LogPump:
@@ -44,6 +63,8 @@ class LogPump:
         self._maskers = {stream: SecretMasker(secrets) for stream in _STREAMS}
         self._skip = {STDOUT: position.stdout_messages, STDERR: position.stderr_messages}
         self._messages = dict(self._skip)
+        self._expected = {STDOUT: position.stdout_tail, STDERR: position.stderr_tail}
+        self._tails = {stream: b"" for stream in _STREAMS}  # the last bytes of each stream's messages
         self._max_bytes = max_bytes
         self._on_checkpoint = on_checkpoint
         self._checkpoint_seconds = checkpoint_seconds
@@ -56,21 +77,43 @@ class LogPump:
 
     @property
     def position(self) -> LogPosition:
-        return LogPosition(self._messages[STDOUT], self._messages[STDERR], self.written)
+        tails = self._tails
+        return LogPosition(
+            self._messages[STDOUT],
+            self._messages[STDERR],
+            self.written,
+            tail_digest(tails[STDOUT]),
+            tail_digest(tails[STDERR]),
+        )
+
+    @property
+    def replay_short(self) -> bool:
+        """A whole replay ended before the resume point: Docker no longer has all the file has."""
+        return self._splitters is None and any(self._skip[stream] and self._expected[stream] for stream in _STREAMS)
 
     def pump(self, frames: Iterable[tuple[int, bytes]]) -> None:
-        """Consume frames until the stream ends (or is cut: nothing held is written then)."""
+        """Consume frames until the stream ends (or is cut: nothing held is written then).
+
+        Raises ReplayShifted when a replay reaches the resume point and the bytes before it differ.
+        """
         for stream, frame in frames:
             if self._splitters is not None:
+                # Raw input replayed from its start (Slurm's output files) is never rotated: no check.
                 data, count, skipped = self._splitters[stream].feed(frame, self._skip[stream])
                 self._skip[stream] -= skipped  # raw input replayed from its start: the file has those
             elif self._skip[stream]:
                 self._skip[stream] -= 1  # a message the file already has
+                self._tails[stream] = (self._tails[stream] + frame)[-_TAIL_BYTES:]
+                if not self._skip[stream] and self._expected[stream]:
+                    if self._expected[stream] != tail_digest(self._tails[stream]):
+                        raise ReplayShifted(f"stream {stream}: the replay does not reach the resume point")
+                    self._expected[stream] = ""  # found where the file stopped: the count holds from here
                 continue
             else:
                 data, count = frame, 1
             if count:
                 self._messages[stream] += count
+                self._tails[stream] = (self._tails[stream] + data)[-_TAIL_BYTES:]
                 self._write(self._maskers[stream].feed(data))
             if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
                 self._checkpoint()
@@ -89,6 +132,35 @@ class LogPump:
             self._write(SECRET_MASK if held >= MIN_SECRET_LENGTH and tail else tail)
         self._log.sync()
         self._on_checkpoint(self.position)
+
+    def relocate(self, frames: Iterable[tuple[int, bytes]]) -> None:
+        """After ReplayShifted or a short replay: read Docker's whole copy once more to find where this
+        file stopped in it (the last place, before the count, whose last bytes match the digest). Where it is
+        no longer there, output between may be lost (how much, nobody counted while the worker was down): one
+        marker line says so, and the stream goes on from the oldest message Docker kept. The next `pump` reads
+        the replay from its start again."""
+        wanted = dict(self._messages)
+        seen = {stream: 0 for stream in _STREAMS}
+        tails = {stream: b"" for stream in _STREAMS}
+        found: dict[int, int | None] = {
+            stream: None if self._expected[stream] else wanted[stream] for stream in _STREAMS
+        }
+        for stream, frame in frames:
+            if not self._expected[stream] or seen[stream] >= wanted[stream]:
+                continue
+            seen[stream] += 1
+            tails[stream] = (tails[stream] + frame)[-_TAIL_BYTES:]
+            if tail_digest(tails[stream]) == self._expected[stream]:
+                found[stream] = seen[stream]
+        lost = False
+        for stream in _STREAMS:
+            place = found[stream]
+            lost = lost or (place is None and wanted[stream] > 0)
+            self._skip[stream] = self._messages[stream] = place or 0
+            self._expected[stream], self._tails[stream] = "", b""
+        if lost:
+            start = "" if self._log.ends_line() else "\n"
+            self._write(f"{start}[job-worker-agent] {LOST_MARKER}\n".encode())
 
     def _checkpoint(self) -> None:
         # Only where no masker holds anything back: the recorded message counts must match the file exactly.
