@@ -43,8 +43,10 @@ from worker_agent.health import Health
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.pump import LogPump, ReplayShifted
 from worker_agent.ops import metrics
+from worker_agent.ops.telemetry import share_free_bytes
 from worker_agent.payload import JobPayload, PayloadError
 from worker_agent.policy import build_spec, secret_values, unmaskable_secrets
+from worker_agent.share import os_error
 from worker_agent.state.store import StateDir
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,7 @@ class JobRun:
         self._pump: LogPump | None = None
         self._pump_started = 0.0
         self._pump_outage = Outage("output stream", log, extra={"job_id": job_id})
+        self._log_outage = Outage("job log on the share", log, extra={"job_id": job_id})
 
     @property
     def _extra(self) -> dict[str, str]:
@@ -432,8 +435,13 @@ class JobRun:
             return code  # its log is no longer this worker's to complete
         if code is not None and self._pump_state.complete and not self._executor_trouble:
             assert self._pump is not None
-            self._pump.finish()  # only now: a stream that was merely cut holds its tail for the next pump
-            return code
+            try:
+                self._pump.finish()  # only now: a stream that was merely cut holds its tail for the next pump
+                return code
+            except OSError as exc:
+                self._pump_state.clean = False  # the next turn catches up from the last checkpoint
+                self._log_failed(exc)
+                return None
         # Catch up from the container's own log, where the file stopped: following it while the job
         # runs, and once it has exited with one read to the end of its log.
         if code is None and time.monotonic() - self._pump_started < 1.0:
@@ -442,8 +450,28 @@ class JobRun:
         else:
             self._pump_outage.succeeded()
         self._executor_trouble = False
-        self._start_pump(from_start=True, follow=code is None)
+        try:
+            if self._log_outage.down:
+                self._reopen_log()
+            self._start_pump(from_start=True, follow=code is None)
+        except OSError as exc:
+            self._log_failed(exc)
         return None
+
+    def _log_failed(self, error: OSError) -> None:
+        """The share failed under the job's log (NFS: ESTALE, EIO). The job runs on and Docker keeps its
+        output: wait for the share (the heartbeat says why), then reopen the log and catch up."""
+        self.ctx.health.share_checked(f"the log of job {self.job_id} cannot be written: {os_error(error)}", None)
+        self.ctx.shutdown.wait(min(self._log_outage.failed(error), self.ctx.settings.status_poll_interval))
+
+    def _reopen_log(self) -> None:
+        """By its path: a descriptor NFS answered ESTALE for stays stale even once the share is back."""
+        assert self._log is not None
+        fresh = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
+        self._log.close()
+        self._log = fresh
+        self._log_outage.succeeded()
+        self.ctx.health.share_checked(None, share_free_bytes(self.ctx.settings.shared_dir))
 
     def _finish(self, code: int) -> Status | None:
         assert self.handle is not None
@@ -528,9 +556,8 @@ class JobRun:
     def _start_pump(self, from_start: bool, follow: bool = True) -> None:
         assert self.handle is not None and self.record is not None and self._log is not None
         handle, executor = self.handle, self.ctx.executor
-        # A raw replay (Slurm's output files) that ends cleanly has read all the job printed, followed or not.
-        self._pump_state = state = _PumpState(live=not from_start or self._raw_replay, follow=follow)
-        self._pump_started = time.monotonic()
+        # First the pump, which touches the file (OSError when the share fails): the state is replaced only
+        # once a pump thread will run and end it, else the next turn would wait for an end that never comes.
         self._pump = pump = LogPump(
             self._log,
             self.record.position,
@@ -540,6 +567,9 @@ class JobRun:
             max_bytes=self.ctx.settings.max_log_bytes,
             on_checkpoint=self._save_position,
         )
+        # A raw replay (Slurm's output files) that ends cleanly has read all the job printed, followed or not.
+        self._pump_state = state = _PumpState(live=not from_start or self._raw_replay, follow=follow)
+        self._pump_started = time.monotonic()
 
         def run() -> None:
             try:
@@ -556,6 +586,7 @@ class JobRun:
                     pump.pump(executor.output(handle, True, follow))
                 state.clean = True
             except (ExecutorUnavailable, ExecutorError, OSError) as exc:
+                # An OSError is the log's (the share): the output stream wraps its own in ExecutorUnavailable.
                 log.warning("log stream of job %s broke: %s", self.job_id, exc, extra=self._extra)
             finally:
                 state.ended.set()

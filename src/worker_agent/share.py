@@ -18,7 +18,12 @@ def share_problem(shared_dir: Path, check: str) -> str | None:
     try:
         return _problem(shared_dir, check)
     except OSError as exc:
-        return f"{shared_dir} is unavailable: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, '?')})"
+        return f"{shared_dir} is unavailable: {os_error(exc)}"
+
+
+def os_error(error: OSError) -> str:
+    """An error from the share, with its errno's name (ESTALE, EIO...) for whoever reads the heartbeat."""
+    return f"{error.strerror or error} ({errno.errorcode.get(error.errno or 0, '?')})"
 
 
 def _problem(shared_dir: Path, check: str) -> str | None:
@@ -34,5 +39,5 @@ def _problem(shared_dir: Path, check: str) -> str | None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        return f"{shared_dir} is not writable: {exc.strerror or exc}"
+        return f"{shared_dir} is not writable: {os_error(exc)}"
     return None

@@ -65,6 +65,6 @@ def test_output_rotated_away_while_the_worker_was_down_is_marked_once(
 
     marker = log.index(f"[job-worker-agent] {LOST_MARKER}")
     kept, after = log[:marker], log[marker + 1 :]
-    assert 10 <= len(kept) <= 25 and kept == lines("early", 1, len(kept))  # up to the last checkpoint
+    assert kept and kept == lines("early", 1, len(kept))  # up to the worker's last checkpoint
     first = int(after[0].removeprefix("late-"))
     assert first > 1 and after == lines("late", first, 4000)  # what Docker still had, each line once
