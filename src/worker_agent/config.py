@@ -182,11 +182,14 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
+def choice(*allowed: str) -> Callable[[str], str]:
+    """A parser for a setting that takes one of `allowed` (surrounding blanks ignored)."""
+
     def parse(raw: str) -> str:
-        if raw not in allowed:
+        value = raw.strip()
+        if value not in allowed:
             raise ValueError("must be one of " + ", ".join(allowed))
-        return raw
+        return value
 
     return parse
 
@@ -266,7 +269,7 @@ OPTIONS: tuple[Option, ...] = (
         "image_pull_policy",
         "IMAGE_PULL_POLICY",
         "--image-pull-policy",
-        _choice("auto", "if-not-present", "always", "never"),
+        choice("auto", "if-not-present", "always", "never"),
         "When to pull a job image: auto (:latest or no tag: always; a pinned tag or digest: if not present), "
         f"if-not-present, always, never (default {defaults.IMAGE_PULL_POLICY}).",
     ),
@@ -291,7 +294,7 @@ OPTIONS: tuple[Option, ...] = (
         "executor",
         "WORKER_EXECUTOR",
         "--executor",
-        _choice("docker", "slurm"),
+        choice("docker", "slurm"),
         f"What runs the jobs: docker, or slurm (a Slurm cluster, locally or over SSH: SLURM_* settings; "
         f"default {defaults.EXECUTOR}).",
     ),
@@ -375,12 +378,12 @@ OPTIONS: tuple[Option, ...] = (
         _port,
         f"Port of /metrics, /healthz and /readyz (default {defaults.METRICS_PORT}; 0 turns it off).",
     ),
-    Option("log_format", "LOG_FORMAT", "--log-format", _choice("text", "json"), "Worker log format: text or json."),
+    Option("log_format", "LOG_FORMAT", "--log-format", choice("text", "json"), "Worker log format: text or json."),
     Option(
         "share_check",
         "SHARED_DIR_CHECK",
         "--shared-dir-check",
-        _choice("writable", "mountpoint", "marker"),
+        choice("writable", "mountpoint", "marker"),
         "How to tell the share is really there before taking a job: writable (default), mountpoint "
         "(OPEVA_SHARED_DIR must be a mount point), or marker (the backend's .opeva-share file must exist).",
     ),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from worker_agent import defaults
-from worker_agent.config import ConfigError
+from worker_agent.config import ConfigError, choice
 from worker_agent.executors.slurm_script import (
     RUNTIMES,
     ResourceLimits,
@@ -149,16 +149,6 @@ def _words(raw: str) -> tuple[str, ...]:
     return words
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip()
-        if value not in allowed:
-            raise ValueError("must be one of " + ", ".join(allowed))
-        return value
-
-    return parse
-
-
 # --- the table ----------------------------------------------------------------------------------------------------
 
 
@@ -224,7 +214,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SLURM_CONTAINER_RUNTIME",
         "container_runtime",
-        _choice(*RUNTIMES),
+        choice(*RUNTIMES),
         "apptainer",
         "What runs the job's image on the node: apptainer, singularity, podman, docker or none (no container).",
     ),
@@ -254,7 +244,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SLURM_STAGING",
         "staging",
-        _choice("shared", "copy"),
+        choice("shared", "copy"),
         "shared",
         "shared: the cluster mounts the share itself; copy: the job's files are copied to SLURM_SHARED_DIR before "
         "it starts, and its results/ and progress/ back while it runs and at its end.",
