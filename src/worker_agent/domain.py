@@ -104,7 +104,7 @@ class JobRecord:
     """What the worker keeps on disk about a job it runs, so that a restarted worker takes it back."""
 
     job_id: str
-    container_id: str
+    container_id: str | None  # None: saved before the container (or batch job) existed; see JobRun.run_new
     container_name: str
     position: LogPosition = field(default_factory=LogPosition)
     started_at: float = field(default_factory=time.time)

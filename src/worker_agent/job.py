@@ -147,6 +147,17 @@ class JobRun:
                         set_options(self.job_id, payload.deucalion_options)
                     except ExecutorError as exc:
                         return self._fail("invalid_payload", f"invalid_payload: {exc}")
+                # Recorded before the container exists: a worker killed between its creation and the record
+                # below still finds the attempt's token (run_adopted), or hands the job back (Worker._readopt).
+                self.ctx.state.save_job(
+                    JobRecord(
+                        self.job_id,
+                        None,
+                        spec.name,
+                        attempt_number=self.attempt_number,
+                        attempt_token=self._attempt_token,
+                    )
+                )
                 self.handle = self._start(spec)
                 log_size = self._log.size()
             except StartCancelled as exc:
@@ -202,7 +213,8 @@ class JobRun:
         """Supervise a job this worker started before it restarted, catching its log up first."""
         self.handle, self._adopted = handle, True
         record = self.ctx.state.load_job(handle.job_id)
-        if record is None or record.container_id != handle.ref:
+        unfinished = record is not None and record.container_id is None and record.container_name == handle.name
+        if record is None or (record.container_id != handle.ref and not unfinished):
             record = JobRecord(handle.job_id, handle.ref, handle.name)
         self.record = record
         self.attempt_number, self._attempt_token = record.attempt_number, record.attempt_token
@@ -216,6 +228,9 @@ class JobRun:
             return None
         try:
             self._log = JobLog.open(self.ctx.settings.shared_dir, self.job_id)
+            if unfinished:  # the worker died while starting it: the file has the worker's own lines only
+                record.container_id, record.position = handle.ref, LogPosition(file_size=self._log.size())
+                self.ctx.state.save_job(record)
         except OSError as exc:
             return self._log_unwritable(exc)
         try:
@@ -526,12 +541,20 @@ class JobRun:
         """The worker shuts down before the job started: give it back to the queue (or fail it, if refused)."""
         log.info("job %s: handed back to the backend (worker shutting down)", self.job_id, extra=self._extra)
         self._report(Status.QUEUED, error="worker shut down before the job started", error_code="worker_shutdown")
+        self._forget_unstarted()
         return Status.QUEUED
 
     def _fail(self, error_code: str, error: str) -> Status:
         log.error("job %s failed to start: %s", self.job_id, error, extra=self._extra)
         self._report(Status.FAILED, error=error, error_code=error_code)
+        self._forget_unstarted()
         return Status.FAILED
+
+    def _forget_unstarted(self) -> None:
+        """Remove this attempt's record if it was saved before its container existed (never another's)."""
+        record = self.ctx.state.load_job(self.job_id)
+        if record is not None and record.container_id is None and record.attempt_number == self.attempt_number:
+            self.ctx.state.forget_job(self.job_id)
 
     def _log_unwritable(self, exc: OSError) -> Status:
         # The job log cannot be written (share gone, or a symlink planted): do not run the job blind.

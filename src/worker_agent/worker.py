@@ -211,6 +211,11 @@ class Worker:
             self.health.executor_down(exc)
             return
         self._needs_readopt = False
+        starting = {handle.job_id for handle in owned}
+        for record in self.state.jobs():
+            if record.container_id is None and record.job_id not in starting and self._slots.get(record.job_id) is None:
+                # Accepted, then the worker stopped before the container existed: nothing runs; give it back.
+                JobRun(self._ctx, record.job_id, record.attempt_number, record.attempt_token).hand_back()
         for handle in owned:
             if self._slots.get(handle.job_id) is not None:
                 continue

@@ -6,6 +6,9 @@ from fakes import Script
 from harness import wait_for
 from rig import Rig
 
+from worker_agent.domain import JobRecord
+from worker_agent.state.store import StateDir
+
 
 def test_a_job_runs_to_finished_with_its_whole_log(rig: Rig) -> None:
     rig.executor.default = Script(frames=[(1, b"one\n"), (2, b"err\n"), (1, b"two\n")])
@@ -37,6 +40,8 @@ def test_a_start_failure_is_failed_with_the_reason_in_status_and_log(rig: Rig) -
     assert rig.backend.jobs["j1"]["error"] == "image not found"
     assert b"job could not start: image not found" in rig.log("j1")
     assert rig.backend.history["j1"][-3:] == ["dispatched", "setup", "failed"]
+    # the record saved before the start goes once the failure is reported
+    wait_for(lambda: StateDir(rig.settings.state_dir).jobs() == [], 3, "the record to go")
 
 
 def test_an_invalid_payload_fails_its_job_and_one_without_job_id_is_skipped(rig: Rig) -> None:
@@ -64,7 +69,8 @@ def test_a_stop_request_stops_the_job_and_reports_stopped(rig: Rig) -> None:
 
     rig.wait_status("j1", "stopped")
     (container,) = rig.executor.containers.values()
-    assert container.stopped and container.removed
+    assert container.stopped
+    wait_for(lambda: container.removed, 3, "the container removed after the report")
 
 
 def test_a_cancel_is_reported_canceled(rig: Rig) -> None:
@@ -167,3 +173,38 @@ def test_a_nonzero_exit_says_so_in_error(rig: Rig) -> None:
     rig.wait_status("j1", "failed")
     job = rig.backend.jobs["j1"]
     assert (job["error"], job["error_code"]) == ("the job exited with code 3", "nonzero_exit")
+
+
+def _record_before_start(rig: Rig, job_id: str, token: str) -> StateDir:
+    """What a worker killed between creating the job's container and recording it leaves on disk."""
+    state = StateDir(rig.settings.state_dir)
+    state.prepare()
+    state.save_job(JobRecord(job_id, None, f"opeva-job-{job_id}", attempt_number=1, attempt_token=token))
+    return state
+
+
+def test_a_container_created_just_before_the_worker_died_keeps_its_attempt(rig: Rig) -> None:
+    _record_before_start(rig, "a", "token-a")
+    rig.backend.submit("a")
+    rig.backend.queue.remove("a")
+    rig.backend.set_status("a", "setup")
+    rig.executor.adopt_existing("a", "w1")
+    rig.start()
+
+    wait_for(lambda: rig.worker is not None and rig.worker.heartbeat_info()["active_job_count"] == 1, 3, "adopted")
+    rig.executor.exit("a", 0)
+    rig.wait_status("a", "finished")
+    assert [body.get("attempt_token") for body in rig.backend.reports["a"]] == ["token-a", "token-a"]
+
+
+def test_a_job_accepted_but_never_created_is_handed_back_at_restart(rig: Rig) -> None:
+    state = _record_before_start(rig, "b", "token-b")
+    rig.backend.submit("b")
+    rig.backend.queue.remove("b")
+    rig.backend.set_status("b", "setup")
+    rig.start()
+
+    rig.wait_status("b", "queued")
+    (body,) = rig.backend.reports["b"]
+    assert (body["error_code"], body["attempt_token"]) == ("worker_shutdown", "token-b")
+    wait_for(lambda: state.jobs() == [], 3, "the record to go")

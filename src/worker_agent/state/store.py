@@ -29,6 +29,11 @@ class StateDir:
     def save_job(self, record: JobRecord) -> None:
         write_json_atomic(self._jobs / f"{record.job_id}.json", asdict(record))
 
+    def jobs(self) -> list[JobRecord]:
+        """Every readable job record."""
+        names = sorted(path.stem for path in self._jobs.glob("*.json"))
+        return [record for name in names if (record := self.load_job(name)) is not None]
+
     def load_job(self, job_id: str) -> JobRecord | None:
         try:
             data = json.loads((self._jobs / f"{job_id}.json").read_text(encoding="utf-8"))
