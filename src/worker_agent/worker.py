@@ -123,6 +123,7 @@ class Worker:
         self._backend_outage = Outage("backend", log)
         self._executor_outage = Outage(f"executor ({self.executor.name})", log)
         self._share_outage = Outage("shared directory", log)
+        self._busy_share_check = 0.0  # when the share is looked at next while every slot is busy
         self._executor_error: object = None
         self._share_problem: str | None = None
         self._needs_readopt = True
@@ -147,8 +148,13 @@ class Worker:
     def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
         if not self._needs_readopt and not self._may_take_job():
-            # Nothing to take: no executor or share check either (each job watches its own). With every slot
-            # busy these checks were most of a Slurm worker's commands (bench/SLURM.md).
+            # Nothing to take: no executor check (each job watches its own; with every slot busy these checks
+            # were most of a Slurm worker's commands, bench/SLURM.md). The share, a few local calls, is still
+            # looked at once per heartbeat, so that the heartbeat says when it goes away under running jobs.
+            if time.monotonic() >= self._busy_share_check:
+                self._busy_share_check = time.monotonic() + self.settings.heartbeat_interval
+                if not self._share_ready():
+                    self._share_outage.failed(self._share_problem)
             return self.settings.poll_interval  # woken at once when a slot ends
         if not self._executor_ready():
             return self._executor_outage.failed(self._executor_error)
