@@ -42,7 +42,7 @@ if [ "$only" = venv ]; then
 fi
 
 # --- Debian packages ---------------------------------------------------------
-packages=${BOOTSTRAP_PACKAGES:-docker.io busybox-static shellcheck debootstrap docker-registry iproute2 prometheus}
+packages=${BOOTSTRAP_PACKAGES:-docker.io busybox-static shellcheck debootstrap docker-registry iproute2 prometheus libfuse2}
 # shellcheck source=scripts/debian_packages.sh
 source "$root/scripts/debian_packages.sh"
 # shellcheck disable=SC2086 # the list is space-separated on purpose

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The test command. With no test paths it runs two tiers and stops at the first that fails:
-#   1. fast: tests/unit and tests/devserver, no Docker needed (seconds);
+# The test command. With no test paths it runs two tiers and stops at the first part that fails:
+#   1. fast: tests/unit and tests/devserver, no Docker needed, on 2 pytest-xdist workers (about a minute);
 #   2. the rest: real dockerd, a one-node Slurm cluster (scripts/slurm_cluster.sh), the reference backend,
-#      deployment and fault tests.
-# It sets up what each tier needs (scripts/bootstrap.sh). Options go to pytest in both tiers
-# (e.g. scripts/test.sh -x); with test paths it is one plain pytest run (scripts/test.sh tests/unit -k stop).
+#      deployment and fault tests. Mostly waiting on jobs and polls: first the tests that may run side by
+#      side, on TEST_JOBS workers (default 5; tests that must not overlap each other share an xdist_group,
+#      see tests/conftest.py), then the tests marked `serial` one at a time (they restart dockerd, unmount
+#      a share, or need a quiet host).
+# It sets up what each tier needs (scripts/bootstrap.sh). Options go to every pytest run (e.g.
+# scripts/test.sh -x --durations=15; -n0 runs without workers); with test paths it is one plain pytest
+# run (scripts/test.sh tests/unit -k stop).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,10 +37,13 @@ if [ "$paths" = 1 ]; then
     exit
 fi
 
+jobs=${TEST_JOBS:-5}
 bash scripts/bootstrap.sh venv
 echo "test.sh: tier 1 (fast): ${fast[*]}"
-pytest "${fast[@]}" "$@"
+pytest "${fast[@]}" -n 2 "$@"
 bash scripts/bootstrap.sh
 bash scripts/slurm_cluster.sh start
-echo "test.sh: tier 2: everything else"
-pytest tests "${fast[@]/#/--ignore=}" "$@"
+echo "test.sh: tier 2: everything else, $jobs side by side"
+pytest tests "${fast[@]/#/--ignore=}" -m "not serial" -n "$jobs" --dist loadgroup "$@"
+echo "test.sh: tier 2: the tests marked serial, one at a time"
+pytest tests "${fast[@]/#/--ignore=}" -m serial "$@"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from harness import Devserver, WorkerProcess, build_busybox_image
+from harness import Devserver, WorkerProcess, build_busybox_image, once_per_run
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,10 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def busybox_image(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return build_busybox_image(docker_client, tmp_path_factory.mktemp("busybox-image"))
+    def build() -> str:
+        return build_busybox_image(docker_client, tmp_path_factory.mktemp("busybox-image"))
+
+    return once_per_run(tmp_path_factory, "busybox-image", build)
 
 
 @pytest.fixture
@@ -61,3 +64,21 @@ def make_worker(
     yield make
     for worker in workers:
         worker.cleanup(docker_client)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that must not run side by side with each other go to one pytest-xdist worker, one after the other
+    (scripts/test.sh runs tier 2 with --dist loadgroup):
+    - "slurm": the live cluster's tests and those using the loopback sshd; the node has room for a few jobs
+      only, some tests time how soon their jobs start or which place they have in the queue, doctor's probe
+      jobs are looked up by name, and one test stops sshd (the others would see an outage);
+    - "hostile": the hostile backend's jobs have fixed ids (`after-1` in every scene), so two scenes at once
+      would create containers of the same name;
+    - tests marked xdist_group("cpu") keep both cores busy for a while: one of them at a time.
+    Tests marked `serial` run apart from all others, after them."""
+    for item in items:
+        if item.get_closest_marker("slurm") or "sshd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif item.path.parent.name == "hostile":
+            item.add_marker(pytest.mark.xdist_group("hostile"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +20,14 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 
 from worker_agent import domain
+
+if TYPE_CHECKING:
+    import pytest
 
 BUSYBOX_IMAGE = "opeva-test-busybox:latest"
 # Accepts the legacy command `--config PATH --job_id ID` the way the real simulator does.
@@ -43,9 +47,25 @@ def sh(script: str) -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now, for a server the test starts next.
+
+    Not one of the kernel's ephemeral ports (32768-60999 on Linux), which bind(0) and every outgoing connection
+    take theirs from: under pytest-xdist the tests side by side open many connections, and any of them could
+    take the port before the server binds it. Each xdist worker picks in a block of its own (16000 + 1000 * n),
+    so two of them never pick the same; a run without xdist uses the block above them.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) % 15 if worker[:2] == "gw" and worker[2:].isdigit() else 15
+    low = 16000 + 1000 * index
+    for _ in range(200):
+        port = random.randrange(low, low + 1000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in {low}-{low + 999}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -57,6 +77,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[], str]) -> str:
+    """`make()` once per test run: under pytest-xdist each worker runs the session fixtures itself, so the first
+    one to get here builds (an image, say) while the others wait on a file lock, then read its result."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return make()
+    from filelock import FileLock  # a test dependency; bench/ imports this module too
+
+    shared = tmp_path_factory.getbasetemp().parent  # the run's base temp dir, above each worker's own
+    with FileLock(str(shared / f"{name}.lock")):
+        done = shared / f"{name}.done"
+        if done.exists():
+            return done.read_text()
+        value = make()
+        done.write_text(value)
+        return value
 
 
 def build_busybox_image(client: docker.DockerClient, tmp: Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from deploy_support import DEMO_IMAGE, SCRIPTS, free_port, http, run
+from harness import once_per_run
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +32,16 @@ def docker_daemon() -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_image(docker_daemon: None) -> str:
-    run(["bash", str(SCRIPTS / "build_demo_image.sh"), DEMO_IMAGE])
-    return DEMO_IMAGE
+def demo_image(docker_daemon: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    def build() -> str:
+        run(["bash", str(SCRIPTS / "build_demo_image.sh"), DEMO_IMAGE])
+        return DEMO_IMAGE
+
+    return once_per_run(tmp_path_factory, "demo-image", build)
 
 
 @pytest.fixture(scope="session")
-def worker_image(docker_daemon: None) -> str:
+def worker_image(docker_daemon: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The worker image built from this checkout.
 
     Base: OPEVA_TEST_BASE_IMAGE when set (e.g. python:3.11-slim where a registry is
@@ -46,8 +50,12 @@ def worker_image(docker_daemon: None) -> str:
     tag = "opeva-test/job_worker_agent:ci"
     base = os.environ.get("OPEVA_TEST_BASE_IMAGE")
     args = ["--base", base] if base else ["--local-base"]
-    run(["bash", str(SCRIPTS / "build_image.sh"), "--tag", tag, *args], timeout=1200)
-    return tag
+
+    def build() -> str:
+        run(["bash", str(SCRIPTS / "build_image.sh"), "--tag", tag, *args], timeout=1200)
+        return tag
+
+    return once_per_run(tmp_path_factory, "worker-image", build)
 
 
 @dataclass

@@ -50,6 +50,7 @@ def run_to_end(devserver: Devserver, make_worker: Make, kill_when: Callable[[byt
     return log.read_bytes()
 
 
+@pytest.mark.serial  # the two streams' order holds only on a quiet host (see the module's docstring)
 @pytest.mark.parametrize(
     "moment",
     [
@@ -68,6 +69,7 @@ def test_a_log_resumed_after_kill_9_is_byte_identical(
     assert resumed == uninterrupted
 
 
+@pytest.mark.serial  # restarts dockerd under every other test's containers
 def test_dockerd_restart_while_a_secret_is_printed_leaks_nothing(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:

@@ -138,8 +138,14 @@ def share_mounted(export: Path, mount_point: Path) -> Iterator[Callable[[bool], 
     try:
         yield set_mounted
     finally:
-        while os.path.ismount(mount_point):
+        # Not os.path.ismount: a bind mount from the same file system has the same device as its parent, so it
+        # would say False and leave the mount behind (and pytest unable to remove its temp dir).
+        while _mounted(mount_point):
             set_mounted(False)
+
+
+def _mounted(path: Path) -> bool:
+    return str(path) in (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 def test_share_gone_mid_job_then_back(
@@ -195,6 +201,7 @@ def _restart_dockerd() -> None:
     wait_for(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0, 60, "dockerd back")
 
 
+@pytest.mark.serial  # restarts dockerd under every other test's containers
 def test_dockerd_restart_mid_job(devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient) -> None:
     job_id, worker, log = start_numbered(devserver, make_worker, 1500, args=("--exit-after-job",))
 
@@ -215,6 +222,7 @@ def test_dockerd_restart_mid_job(devserver: Devserver, make_worker: Make, docker
     assert_no_containers(worker, docker.from_env())
 
 
+@pytest.mark.xdist_group("cpu")  # floods ~107 MB through dockerd: one such test at a time (tests/conftest.py)
 def test_kill_9_during_a_log_flood_loses_no_byte(
     devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
 ) -> None:

@@ -13,6 +13,7 @@ from harness import REPO
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
+@pytest.mark.xdist_group("cpu")  # floods logs on both cores: one such test at a time (tests/conftest.py)
 def test_bench_smoke_runs_and_reports(tmp_path: Path, busybox_image: str) -> None:
     out = tmp_path / "results.md"
     proc = subprocess.run(

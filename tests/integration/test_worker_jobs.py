@@ -200,7 +200,7 @@ def test_worker_with_the_backend_token_runs_jobs(make_devserver: Callable[..., D
     server = make_devserver("--token", "opeva-test-token")
     job_id = server.submit(image="opeva-test-busybox:latest", command=sh("echo with token"))
     without = make_worker(server=server).start()
-    time.sleep(3)
+    wait_for(lambda: without.text().count("next-job: HTTP 401") >= 2, 30, "next-job refused twice")
     assert server.status(job_id) == "queued", "a worker without the token must not get work"
     without.signal(signal.SIGTERM)
     assert without.wait(10) == 0

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from slurm_support import WORKER, cancel_jobs_of, new_executor
 
 from worker_agent.executors.slurm import SlurmExecutor
@@ -40,7 +41,9 @@ def slurm_cluster() -> None:
 def sshd() -> dict[str, str]:
     """The loopback sshd of scripts/sshd_loopback.sh (started if needed): SSHD_PORT, SSHD_KEY, SSHD_KNOWN_HOSTS."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "sshd_loopback.sh"
-    proc = subprocess.run(["bash", str(script), "/tmp/opeva-sshd"], capture_output=True, text=True, timeout=300)
+    # One start at a time: pytest-xdist workers (and other test runs on this host) share the one sshd.
+    with FileLock("/tmp/opeva-sshd.lock"):
+        proc = subprocess.run(["bash", str(script), "/tmp/opeva-sshd"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"scripts/sshd_loopback.sh failed: {proc.stderr.strip()}")
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)

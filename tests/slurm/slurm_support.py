@@ -139,14 +139,19 @@ def wait_state(job_id: str, states: Sequence[str], timeout: float = 60) -> Slurm
 
 
 def cancel_jobs_of(worker_id: str) -> None:
-    """Cancel the jobs of every worker id starting with `worker_id` that may still run."""
+    """Cancel the jobs that may still run of `worker_id` and of every worker id `worker_id-...`."""
     mine = [
         state.job_id
         for state in parse_squeue(run(*squeue_args(), "--me"))
-        if not is_terminal(state.state) and (parse_job_comment(state.comment) or ("",))[0].startswith(worker_id)
+        if not is_terminal(state.state) and _of(worker_id, (parse_job_comment(state.comment) or ("",))[0])
     ]
     if mine:
         run("scancel", *mine)
+
+
+def _of(worker_id: str, owner: str) -> bool:
+    # Not a bare prefix: WORKER of the test process with pid 123 is a prefix of that of pid 1234 (pytest-xdist).
+    return owner == worker_id or owner.startswith(f"{worker_id}-")
 
 
 def copy_share(tmp_path: Path) -> Path:
