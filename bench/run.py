@@ -1,7 +1,9 @@
 """Benchmark the worker against Docker's own CLI, side by side in one run; write the figures as Markdown.
 
-.venv/bin/python bench/run.py                  # full run (~7 min on 2 cores) -> bench/RESULTS.md
+.venv/bin/python bench/run.py                  # full run (~25 min on 2 idle cores) -> bench/RESULTS.md
 .venv/bin/python bench/run.py --smoke --out F  # small sizes, 1 repeat, no profile (~1 min) -> F
+.venv/bin/python bench/run.py --quick --out F  # every scenario at its full shape but small (~5 min) -> F
+.venv/bin/python bench/run.py --quick --only masking,fleet --out F   # some scenarios only
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,8 @@ from bench import report, scenarios  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: proves the suite still runs")
+    parser.add_argument("--quick", action="store_true", help="small sizes (20 MiB, 20 jobs, 16 workers), one repeat")
+    parser.add_argument("--only", help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, help="Markdown to write (default bench/RESULTS.md; smoke: a temp file)")
     parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 3; smoke 1)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
@@ -38,32 +43,39 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.render.read_text())
         (args.out or REPO / "bench" / "RESULTS.md").write_text(report.render(saved))
         return 0
-    sizes = scenarios.SMOKE if args.smoke else scenarios.FULL
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    sizes = {"smoke": scenarios.SMOKE, "quick": scenarios.QUICK, "full": scenarios.FULL}[mode]
     if args.repeats:
         sizes = scenarios.Sizes(**{**sizes.__dict__, "repeats": args.repeats})
-    out = args.out or (Path(tempfile.mkstemp(suffix=".md")[1]) if args.smoke else REPO / "bench" / "RESULTS.md")
+    chosen = args.only.split(",") if args.only else list(SCENARIOS)
+    if unknown := set(chosen) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if args.smoke or args.no_profile:
+        chosen = [name for name in chosen if name != "profile"]
+    if args.only:
+        mode += " (" + ", ".join(chosen) + ")"
+    # Only a full run of every scenario replaces bench/RESULTS.md by default.
+    partial = mode != "full"
+    out = args.out or (Path(tempfile.mkstemp(suffix=".md")[1]) if partial else REPO / "bench" / "RESULTS.md")
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # still remove containers and processes
     began = time.monotonic()
     results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="opeva-bench-") as tmp:
         bench = scenarios.Bench(Path(tmp), sizes)
         try:
-            results["throughput"] = bench.throughput()
-            results["readopt"] = bench.readopt()
-            results["latency"] = bench.latency()
-            results["turnaround"] = bench.turnaround()
-            results["slots"] = bench.slots()
-            results["stop"] = bench.stop_latency()
-            results["idle"] = bench.idle()
-            if not (args.smoke or args.no_profile):
-                results["profile"] = bench.profile(REPO / "bench" / "out")
+            for name in chosen:
+                began_one = time.monotonic()
+                results[name] = SCENARIOS[name](bench)
+                timings[name] = time.monotonic() - began_one
         finally:
             bench.note_others()
             bench.close()
     results["meta"] = {
-        "mode": "smoke" if args.smoke else "full",
+        "mode": mode,
         "repeats": sizes.repeats,
         "seconds": time.monotonic() - began,
+        "scenario_seconds": timings,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {_cores()} cores, Linux {platform.release()}, "
         f"Python {platform.python_version()}",
@@ -73,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": dataclasses.asdict(sizes),
         "others": sorted(bench.others),
     }
-    saved = REPO / "bench" / "out" / f"results-{results['meta']['mode']}.json"
+    saved = REPO / "bench" / "out" / f"results-{mode.split()[0]}{'-partial' if args.only else ''}.json"
     saved.parent.mkdir(exist_ok=True)
     saved.write_text(json.dumps(results, indent=1))
     text = report.render(results)
@@ -84,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"bench: FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+# In the order they run: the log floods first, the many-process scenarios later, the idle footprint last.
+SCENARIOS: dict[str, Callable[[scenarios.Bench], Any]] = {
+    "throughput": scenarios.Bench.throughput,
+    "masking": scenarios.Bench.masking,
+    "readopt": scenarios.Bench.readopt,
+    "latency": scenarios.Bench.latency,
+    "turnaround": scenarios.Bench.turnaround,
+    "slots": scenarios.Bench.slots,
+    "fleet": scenarios.Bench.fleet,
+    "stop": scenarios.Bench.stop_latency,
+    "idle": scenarios.Bench.idle,
+    "profile": lambda bench: bench.profile(REPO / "bench" / "out"),
+}
 
 
 def _cores() -> int:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import json
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,8 @@ from typing import Any
 import docker
 import docker.errors
 
-from bench import tools
+from bench import masking, tools
+from worker_agent.logs.masking import SecretMasker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import BUSYBOX_IMAGE, Devserver, WorkerProcess, build_busybox_image, wait_for
@@ -34,10 +41,39 @@ class Sizes:
     jobs: int
     stop_intervals: tuple[int, ...]
     idle_seconds: float
+    # Many workers, one backend: this many single-slot workers against one worker with as many slots.
+    fleet_workers: int = 16
+    fleet_jobs: int = 500
 
 
 FULL = Sizes(repeats=3, flood_bytes=200 * MiB, tick_count=800, jobs=50, stop_intervals=(1, 10), idle_seconds=60)
-SMOKE = Sizes(repeats=1, flood_bytes=4 * MiB, tick_count=30, jobs=3, stop_intervals=(1,), idle_seconds=3)
+SMOKE = Sizes(
+    repeats=1,
+    flood_bytes=4 * MiB,
+    tick_count=30,
+    jobs=3,
+    stop_intervals=(1,),
+    idle_seconds=3,
+    fleet_workers=2,
+    fleet_jobs=6,
+)
+# Every scenario at full shape (16 workers) but small: a trial of the whole suite in a few minutes.
+QUICK = Sizes(
+    repeats=1,
+    flood_bytes=20 * MiB,
+    tick_count=100,
+    jobs=20,
+    stop_intervals=(1,),
+    idle_seconds=10,
+    fleet_workers=16,
+    fleet_jobs=48,
+)
+# The masking scenario's job env: a 4 KB PEM-like key and 31 tokens (bench/masking.py), under names the worker
+# takes for secrets (KEY, TOKEN) or, for the baseline, under names it does not. The job prints these few of them
+# (the key and 3 tokens) after the parts of its flood; the other 28 it never prints.
+MASK_PARTS = 8
+PRINTED = (0, 1, 2, 3)
+TERMINAL = ("finished", "failed", "stopped", "canceled")
 
 Row = dict[str, Any]
 
@@ -73,12 +109,15 @@ class Bench:
             if not name.startswith("bench-") and owner not in ours:
                 self.others.add(name)
 
-    def worker(self, **env: str) -> WorkerProcess:
+    def worker(self, dev: Devserver | None = None, wait: bool = True, **env: str) -> WorkerProcess:
+        """A worker process against `dev` (default: the bench's devserver), up once its first heartbeat is in."""
+        dev = dev or self.dev
         self.note_others()
         base = {"LOG_LEVEL": "INFO", "POLL_INTERVAL": "1", "STATUS_POLL_INTERVAL": "10", "STOP_GRACE_PERIOD": "10"}
-        worker = WorkerProcess(self.dev, self.root, {**base, **env}).start()
+        worker = WorkerProcess(dev, dev.shared.parent, {**base, **env}).start()
         self.workers.append(worker)
-        wait_for(lambda: worker.worker_id in self.dev.hosts(), 30, "the worker's first heartbeat")
+        if wait:
+            wait_for(lambda: worker.worker_id in dev.hosts(), 30, "the worker's first heartbeat")
         return worker
 
     def retire(self, worker: WorkerProcess) -> None:
@@ -92,6 +131,8 @@ class Bench:
         return name
 
     def dockerd_meter(self) -> tools.Sampler | None:
+        # Looked up each time: another user of this machine's dockerd may have restarted it.
+        self.dockerd = tools.dockerd_pid()
         return tools.Sampler(self.dockerd) if self.dockerd else None
 
     def submit(self, command: list[str]) -> str:
@@ -152,6 +193,51 @@ class Bench:
                 _progress(row)
         self.retire(worker)
         return rows
+
+    # --- masking at full speed ---
+
+    def masking(self) -> list[Row]:
+        """The flood with 32 secrets in the job's env (4 of them printed between its parts, 28 never) against the
+        same job with the same values under names the worker does not take for secrets: only masking differs."""
+        values = masking.secrets(random.Random(1))
+        worker = self.worker()
+        rows: list[Row] = []
+        for rep in range(self.sizes.repeats):
+            for secret in (True, False)[:: 1 if rep % 2 == 0 else -1]:
+                row = {**self._masked_flood(worker, values, secret), "repeat": rep}
+                rows.append(row)
+                _progress(row)
+        self.retire(worker)
+        return rows
+
+    def _masked_flood(self, worker: WorkerProcess, values: list[str], secret: bool) -> Row:
+        assert worker.proc is not None
+        names = _env_names(secret, len(values))
+        env = dict(zip(names, values, strict=True))
+        size = self.sizes.flood_bytes
+        parts = [size // MASK_PARTS] * (MASK_PARTS - 1)
+        parts.append(size - sum(parts))
+        printed = [names[i] for i in PRINTED]
+        lines = [tools.printed_line(i, env[printed[i % len(printed)]]) for i in range(len(parts))]
+        if secret:
+            lines = [_masked(line, values) for line in lines]
+        pieces: list[int | bytes] = [piece for pair in zip(parts, lines, strict=True) for piece in pair]
+        payload = size + sum(map(len, lines))
+        what = f"worker, {len(values)} secrets" if secret else "worker, no secrets"
+        meter, dockerd = tools.Sampler(worker.proc.pid), self.dockerd_meter()
+        job_id = str(self.dev.submit(image=IMAGE, command=tools.printing_flood_script(parts, printed), env=env))
+        path = self.dev.log_file(job_id)
+        try:
+            start, done = tools.wait_flood(path, payload, 300, meter.tick, self._ended(job_id))
+            row = _flood_row(what, payload, start, done, meter.cpu_used(), meter.peak_rss, dockerd)
+            self.dev.wait_status(job_id, {"finished"}, 60)
+            row["error"] = tools.verify_pieces(path, pieces)
+        except tools.ShortLog as exc:
+            row = _flood_row(what, payload, 0, 0, meter.cpu_used(), meter.peak_rss, dockerd)
+            row["error"] = f"{exc} (status {self.dev.status(job_id)})"
+        row["secrets"] = len(values) if secret else 0
+        self.drop_job_files(job_id)
+        return row
 
     def readopt(self) -> Row:
         """SIGKILL the worker a quarter into a flood, start it again, and check that every byte arrives once."""
@@ -219,14 +305,18 @@ class Bench:
         for rep in range(self.sizes.repeats):
             for how in ("worker", "docker run --rm")[:: 1 if rep % 2 == 0 else -1]:
                 began = time.monotonic()
+                phases: dict[str, float] = {}
                 if how == "worker":
                     ids = {self.submit(["true"]) for _ in range(n)}
                     wait_for(lambda ids=ids: self._all_done(ids), 300, f"{n} jobs", interval=0.05)
+                    phases = _phases([job for job in _job_rows(self.dev.db) if job["job_id"] in ids])
                 else:
                     for _ in range(n):
                         subprocess.run(["docker", "run", "--rm", IMAGE, "true"], check=True, capture_output=True)
                 elapsed = time.monotonic() - began
                 row = {"what": how, "repeat": rep, "jobs": n, "seconds": elapsed, "per_job_s": elapsed / n}
+                if phases:
+                    row["phases"] = phases
                 rows.append(row)
                 _progress(row)
         self.retire(worker)
@@ -278,6 +368,79 @@ class Bench:
         if bad:
             raise RuntimeError(f"a turnaround job ended {bad[0]['status']}: {bad[0]}")
         return bool(sum(job["status"] == "finished" for job in jobs) == len(ids))
+
+    # --- many workers, one backend ---
+
+    def fleet(self) -> list[Row]:
+        """The same batch of jobs that exit at once through k single-slot workers, through one worker with k slots
+        (each configuration against a fresh devserver of its own), and through k `docker run --rm` at a time."""
+        k = self.sizes.fleet_workers
+        variants = [f"{k} workers, 1 slot each", f"1 worker, {k} slots", f"docker run --rm, {k} at a time"]
+        rows: list[Row] = []
+        for rep in range(self.sizes.repeats):
+            for how in variants[rep % 3 :] + variants[: rep % 3]:
+                if how.startswith("docker"):
+                    figures = self._fleet_cli(k)
+                else:
+                    figures = self._fleet_workers(k, slots=how.startswith("1 worker"))
+                row = {"what": how, "repeat": rep, "jobs": self.sizes.fleet_jobs, "concurrency": k, **figures}
+                rows.append(row)
+                _progress(row)
+        return rows
+
+    def _fleet_workers(self, k: int, slots: bool) -> Row:
+        n = self.sizes.fleet_jobs
+        dev = Devserver(_fresh(self.root / f"fleet-{uuid.uuid4().hex[:8]}"))
+        dev.start()
+        workers: list[WorkerProcess] = []
+        try:
+            # The heartbeat at its default period: per-job beats still go out, as in a deployment.
+            env = {"WORKER_HEARTBEAT_INTERVAL": "30"}
+            if slots:
+                workers = [self.worker(dev, wait=False, WORKER_MAX_ACTIVE_JOBS=str(k), **env)]
+            else:
+                workers = [self.worker(dev, wait=False, **env) for _ in range(k)]
+            ids = {worker.worker_id for worker in workers}
+            wait_for(lambda: ids <= set(dev.hosts()), 120, "every worker's first heartbeat", interval=0.5)
+            time.sleep(1)  # the workers' start-up CPU is over before the meters start
+            assert dev.proc is not None
+            pids = [worker.proc.pid for worker in workers if worker.proc is not None]
+            meters = tools.CpuMeters({"backend": [dev.proc.pid], "workers": pids, **self._docker_pids()})
+            submitting = time.monotonic()
+            for _ in range(n):
+                dev.submit(image=IMAGE, command=["true"])
+            submit_s = time.monotonic() - submitting
+            wait_for(lambda: _count_done(dev.db) >= n, 600, f"{n} jobs", interval=0.2)
+            cpu = meters.used()
+            jobs = _job_rows(dev.db)
+        finally:
+            for worker in workers:
+                worker.signal(signal.SIGTERM)
+            for worker in workers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(20)
+                worker.cleanup(self.client)
+            dev.stop()
+        figures = _fleet_figures(jobs)
+        return {**figures, **cpu, "submit_s": submit_s, "backend_ms_per_job": 1000 * cpu["backend_cpu_s"] / n}
+
+    def _fleet_cli(self, k: int) -> Row:
+        n = self.sizes.fleet_jobs
+        meters = tools.CpuMeters(self._docker_pids())
+        began = time.monotonic()
+
+        def run_one(_: int) -> None:
+            subprocess.run(["docker", "run", "--rm", IMAGE, "true"], check=True, capture_output=True)
+
+        with concurrent.futures.ThreadPoolExecutor(k) as pool:
+            list(pool.map(run_one, range(n)))
+        seconds = time.monotonic() - began
+        return {"seconds": seconds, "jobs_per_s": n / seconds, **meters.used()}
+
+    def _docker_pids(self) -> dict[str, list[int]]:
+        """dockerd and containerd (the per-container shims and runc come and go: they count as the rest)."""
+        found = {name: tools.pid_of(name) for name in ("dockerd", "containerd")}
+        return {name: [pid] for name, pid in found.items() if pid is not None}
 
     # --- stop latency ---
 
@@ -337,6 +500,8 @@ class Bench:
         cli = tools.CliRun(["docker", "logs", "-f", name], self.root / "idle-cli.log")
         time.sleep(3)
         meters = {"worker": tools.Sampler(worker.proc.pid, 1), "docker logs -f": tools.Sampler(cli.proc.pid, 1)}
+        assert self.dev.proc is not None
+        backend = tools.Sampler(self.dev.proc.pid, 1)
         requests0 = self._request_count()
         end = time.monotonic() + self.sizes.idle_seconds
         while time.monotonic() < end:
@@ -346,6 +511,7 @@ class Bench:
         requests = self._request_count() - requests0
         row: Row = {"seconds": self.sizes.idle_seconds, "requests": requests, "expected_requests": 0.0}
         row["expected_requests"] = self.sizes.idle_seconds * (1 / 5 + 1 / 30)
+        row["backend_cpu_s"] = backend.cpu_used()
         for what, meter in meters.items():
             row[what] = {"cpu_s": meter.cpu_used(), "rss": meter.peak_rss}
         tools.docker("rm", "-f", name)
@@ -386,6 +552,111 @@ class Bench:
             found[what] = _top_self(raw) if raw.exists() else []
         self.retire(worker)
         return found
+
+
+def _env_names(secret: bool, count: int) -> list[str]:
+    """Names for masking.secrets() values (the key first): secret-looking (TOKEN, KEY) or plain ones."""
+    if secret:
+        return ["BENCH_PRIVATE_KEY", *(f"BENCH_TOKEN_{i:02d}" for i in range(1, count))]
+    return ["BENCH_PEM", *(f"BENCH_VALUE_{i:02d}" for i in range(1, count))]
+
+
+def _masked(line: bytes, values: list[str]) -> bytes:
+    """A printed line as the worker must write it with these secrets; it must differ (the value is masked)."""
+    masker = SecretMasker(values)
+    masked: bytes = masker.feed(line) + masker.flush()
+    assert masked != line, "a printed secret must be masked"
+    return masked
+
+
+@contextlib.contextmanager
+def _read_db(db: Path) -> Iterator[sqlite3.Connection]:
+    """The devserver's database, read-only: polling it costs the backend process nothing (WAL: no lock held)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _count_done(db: Path) -> int:
+    with _read_db(db) as conn:
+        counts = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+    bad = {status: counts[status] for status in TERMINAL[1:] if counts.get(status)}
+    if bad:
+        raise RuntimeError(f"fleet jobs ended badly: {bad}")
+    return int(counts.get("finished", 0))
+
+
+def _job_rows(db: Path) -> list[Row]:
+    """Every job with the times the backend recorded: created_at and each status change (history)."""
+    with _read_db(db) as conn:
+        rows = conn.execute("SELECT job_id, worker_id, created_at, attempt_number, history FROM jobs").fetchall()
+    return [{**dict(row), "history": json.loads(row["history"])} for row in rows]
+
+
+def _first(job: Row, status: str) -> float | None:
+    return next((float(entry["at"]) for entry in job["history"] if entry["status"] == status), None)
+
+
+def _phases(jobs: list[Row]) -> dict[str, float]:
+    """Median seconds of each step of a job, by the backend's clock (when each report arrived)."""
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    ends: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)  # worker -> (dispatched, finished)
+    for job in jobs:
+        at = {status: _first(job, status) for status in ("dispatched", "setup", "running", "finished")}
+        pairs: tuple[tuple[str, str], ...] = (("dispatched", "setup"), ("setup", "running"), ("running", "finished"))
+        if at["setup"] is None:
+            pairs = (("dispatched", "running"), ("running", "finished"))
+        for begin, end in pairs:
+            if (one := at[begin]) is not None and (two := at[end]) is not None:
+                steps[f"{begin} -> {end}"].append(two - one)
+        if at["dispatched"] is not None and at["finished"] is not None:
+            ends[job["worker_id"]].append((at["dispatched"], at["finished"]))
+    for spans in ends.values():
+        spans.sort()
+        steps["finished -> next dispatched"] += [b[0] - a[1] for a, b in itertools.pairwise(spans)]
+    return {name: tools.median(values) for name, values in steps.items()}
+
+
+def _fleet_figures(jobs: list[Row]) -> Row:
+    """Jobs per second (first job created to last job finished), pickup delay (created -> first dispatched, time
+    in the queue included), slot refill delay (a job of a worker finished -> that worker's next dispatch, pairing
+    each dispatch with the oldest unpaired finish: a freed slot) and jobs dispatched more than once."""
+    created = [float(job["created_at"]) for job in jobs]
+    dispatched = [_first(job, "dispatched") for job in jobs]
+    finished = [_first(job, "finished") for job in jobs]
+    pickup = [d - c for c, d in zip(created, dispatched, strict=True) if d is not None]
+    by_worker: dict[str, list[tuple[float, int]]] = collections.defaultdict(list)
+    for job, d, f in zip(jobs, dispatched, finished, strict=True):
+        if d is not None and f is not None:
+            by_worker[job["worker_id"]] += [(d, 1), (f, 0)]
+    refill: list[float] = []
+    for events in by_worker.values():
+        freed: collections.deque[float] = collections.deque()
+        for at, is_dispatch in sorted(events):
+            if not is_dispatch:
+                freed.append(at)
+            elif freed:
+                refill.append(at - freed.popleft())
+    twice = sum(
+        1
+        for job in jobs
+        if job["attempt_number"] > 1 or sum(entry["status"] == "dispatched" for entry in job["history"]) > 1
+    )
+    ends = [f for f in finished if f is not None]
+    seconds = max(ends) - min(created) if ends else float("nan")
+    return {
+        "seconds": seconds,
+        "jobs_per_s": len(ends) / seconds,
+        "pickup_p50_s": tools.percentile(pickup, 50),
+        "pickup_p99_s": tools.percentile(pickup, 99),
+        "refill_p50_s": tools.percentile(refill, 50),
+        "refill_p99_s": tools.percentile(refill, 99),
+        "dispatched_twice": twice,
+        "workers_used": len(by_worker),
+    }
 
 
 def _flood_row(what: str, size: int, start: int, done: int, cpu: float, rss: int, dockerd: tools.Sampler | None) -> Row:

@@ -71,10 +71,7 @@ class Sampler:
 
 
 def dockerd_pid() -> int | None:
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] == "dockerd":
-            return int(proc.pid)
-    return None
+    return pid_of("dockerd")
 
 
 def wait_flood(
@@ -164,20 +161,101 @@ def watch_ticks(path: Path, timeout: float) -> list[float]:
 
 def verify_flood(path: Path, parts: Sequence[int]) -> str | None:
     """None when the file is the stamp then exactly `parts` floods; else what is wrong."""
+    return verify_pieces(path, list(parts))
+
+
+def verify_pieces(path: Path, pieces: Sequence[int | bytes]) -> str | None:
+    """None when the file is the stamp then exactly `pieces` (an int: that many bytes of flood, restarting the
+    pattern; bytes: those bytes); else what is wrong."""
     with open(path, "rb") as handle:
         stamp = parse_stamp(handle.read(200))
         if stamp is None:
             return "no start stamp"
         handle.seek(stamp[1])
         done = 0
-        for part in parts:
-            whole, rest = divmod(part, len(PATTERN))
-            for expected in [PATTERN] * whole + [PATTERN[:rest]]:
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                expected_parts = [piece]
+            else:
+                whole, rest = divmod(piece, len(PATTERN))
+                expected_parts = [PATTERN] * whole + [PATTERN[:rest]]
+            for expected in expected_parts:
                 if handle.read(len(expected)) != expected:
                     return f"content differs within bytes {done}..{done + len(expected)} after the stamp"
                 done += len(expected)
         extra = len(handle.read(1 << 20))
         return f"{extra} unexpected bytes after {done}" if extra else None
+
+
+def printing_flood_script(parts: Sequence[int], names: Sequence[str]) -> list[str]:
+    """A job that prints its start time, then `parts` bytes of lines, after each part one line
+    `value <i>: $NAME` of the env var names[i % len(names)] (printf, so the value comes out exactly)."""
+    steps = [
+        f"yes {LINE} | head -c {size}; printf 'value {i}: %s\\n' \"${names[i % len(names)]}\""
+        for i, size in enumerate(parts)
+    ]
+    return ["sh", "-c", "; ".join([STAMP, *steps])]
+
+
+def printed_line(index: int, value: str) -> bytes:
+    """What `printing_flood_script` prints after part `index` for a value (unmasked)."""
+    return f"value {index}: {value}\n".encode()
+
+
+def busy_cpu() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores; idle and iowait excluded)."""
+    times = psutil.cpu_times()
+    return float(sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")))
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process, 0 when it is gone."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def pid_of(name: str) -> int | None:
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == name:
+            return int(proc.pid)
+    return None
+
+
+class CpuMeters:
+    """CPU seconds used from now on by groups of processes, by the bench itself (with its reaped children, such as
+    `docker` CLI runs) and by the whole machine; NaN for a group whose process went away (dockerd restarted)."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.start = {name: self._group(pids) for name, pids in groups.items()}
+        self.bench0 = _own_cpu()
+        self.busy0 = busy_cpu()
+        self.wall0 = time.monotonic()
+
+    @staticmethod
+    def _group(pids: list[int]) -> float:
+        return sum(process_cpu(pid) for pid in pids)
+
+    def used(self) -> dict[str, float]:
+        wall = time.monotonic() - self.wall0
+        used = {f"{name}_cpu_s": self._group(pids) - self.start[name] for name, pids in self.groups.items()}
+        found = {key: value if value >= 0 else float("nan") for key, value in used.items()}
+        busy = busy_cpu() - self.busy0
+        found.update(
+            bench_cpu_s=_own_cpu() - self.bench0,
+            machine_busy_s=busy,
+            machine_busy_share=busy / ((psutil.cpu_count() or 1) * wall),
+            window_s=wall,
+        )
+        return found
+
+
+def _own_cpu() -> float:
+    own = os.times()
+    return own.user + own.system + own.children_user + own.children_system
 
 
 @dataclass
