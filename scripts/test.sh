@@ -4,9 +4,9 @@
 #   2. the rest: real dockerd, a one-node Slurm cluster (scripts/slurm_cluster.sh), the reference backend,
 #      deployment and fault tests. Mostly waiting on jobs and polls: first the tests that may run side by
 #      side, on TEST_JOBS workers (default 5; tests that must not overlap each other share an xdist_group,
-#      see tests/conftest.py), then the tests marked `serial` one at a time (they restart dockerd, unmount
-#      a share, or need a quiet host).
-# It sets up what each tier needs (scripts/bootstrap.sh). Options go to every pytest run (e.g.
+#      see tests/conftest.py), then the tests marked `serial` one at a time (they restart dockerd or need a
+#      quiet host).
+# It sets up what each tier needs (scripts/bootstrap.sh; tier 2's while tier 1 runs). Options go to every pytest run (e.g.
 # scripts/test.sh -x --durations=15; -n0 runs without workers); with test paths it is one plain pytest
 # run (scripts/test.sh tests/unit -k stop).
 set -euo pipefail
@@ -39,10 +39,20 @@ fi
 
 jobs=${TEST_JOBS:-5}
 bash scripts/bootstrap.sh venv
-echo "test.sh: tier 1 (fast): ${fast[*]}"
-pytest "${fast[@]}" -n 2 "$@"
-bash scripts/bootstrap.sh
-bash scripts/slurm_cluster.sh start
+# Tier 2's setup (Docker, Slurm and their packages) runs meanwhile: on a fresh machine the installs take about
+# as long as the fast tier. It is waited for (never cut in the middle of an install), and its output shown, after.
+setup_log=$(mktemp)
+(bash scripts/bootstrap.sh && bash scripts/slurm_cluster.sh start) >"$setup_log" 2>&1 &
+setup=$!
+echo "test.sh: tier 1 (fast): ${fast[*]}; tier 2's setup runs meanwhile"
+fast_rc=0
+pytest "${fast[@]}" -n 2 "$@" || fast_rc=$?
+setup_rc=0
+wait "$setup" || setup_rc=$?
+cat "$setup_log"
+rm -f "$setup_log"
+[ "$fast_rc" = 0 ] || exit "$fast_rc"
+[ "$setup_rc" = 0 ] || { echo "test.sh: ERROR: tier 2's setup failed" >&2; exit "$setup_rc"; }
 echo "test.sh: tier 2: everything else, $jobs side by side"
 pytest tests "${fast[@]/#/--ignore=}" -m "not serial" -n "$jobs" --dist loadgroup "$@"
 echo "test.sh: tier 2: the tests marked serial, one at a time"

@@ -79,6 +79,7 @@ class _PumpState:
     follow: bool  # reading the container's log and following it
     ended: threading.Event = field(default_factory=threading.Event)
     clean: bool = False
+    log_broke: bool = False  # a write to the job's log failed (the share): reopen it before the next pump
 
     @property
     def complete(self) -> bool:
@@ -466,7 +467,7 @@ class JobRun:
             self._pump_outage.succeeded()
         self._executor_trouble = False
         try:
-            if self._log_outage.down:
+            if self._log_outage.down or self._pump_state.log_broke:
                 self._reopen_log()
             self._start_pump(from_start=True, follow=code is None)
         except OSError as exc:
@@ -608,9 +609,11 @@ class JobRun:
                     pump.relocate(executor.output(handle, True, False))
                     pump.pump(executor.output(handle, True, follow))
                 state.clean = True
-            except (ExecutorUnavailable, ExecutorError, OSError) as exc:
-                # An OSError is the log's (the share): the output stream wraps its own in ExecutorUnavailable.
+            except (ExecutorUnavailable, ExecutorError) as exc:
                 log.warning("log stream of job %s broke: %s", self.job_id, exc, extra=self._extra)
+            except OSError as exc:  # the log's: the output stream wraps its own errors in ExecutorUnavailable
+                state.log_broke = True
+                log.warning("job %s: its log could not be written: %s", self.job_id, exc, extra=self._extra)
             finally:
                 state.ended.set()
                 self._wake.set()
