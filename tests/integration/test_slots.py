@@ -46,7 +46,8 @@ def test_three_slots_run_33_jobs_never_more_than_three_at_once(
         if index % 11 == 0:
             long.append(devserver.submit(image=IMAGE, command=lines(40, "0.1")))
         else:
-            short.append(devserver.submit(image=IMAGE, command=lines(20)))
+            # A second each: long enough that three jobs overlap even when a loaded host refills slots slowly.
+            short.append(devserver.submit(image=IMAGE, command=lines(20, "0.05")))
     worker = make_worker({"WORKER_MAX_ACTIVE_JOBS": "3"}).start()
     seen = 0
     deadline = time.monotonic() + 180
