@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import docker
@@ -164,12 +163,11 @@ def test_scancel_stops_a_container_that_ignores_sigterm(tmp_path: Path, busybox_
     job_id = submit(tmp_path, "stubborn", "docker", ("sleep", "300"), busybox_image)
     wait_job(job_id, done=False)
     wait_for(lambda: containers_of(client, job_id), 30, "the job's container")
-    started = time.monotonic()
     run("scancel", job_id)
     state = wait_job(job_id, timeout=30)
     assert state.state == "CANCELLED"
-    wait_for(lambda: not containers_of(client, job_id), 15, "the container to be removed")
-    assert time.monotonic() - started < 15
+    # Not a timing check (a loaded host stretches it): a `sleep 300` still there after 60 s was not stopped.
+    wait_for(lambda: not containers_of(client, job_id), 60, "the container to be removed")
     assert "SIGTERM: stopping container" in output(tmp_path, "stubborn")[1]
 
 
