@@ -46,6 +46,11 @@ def tail_digest(tail: bytes) -> str:
     return hashlib.blake2b(tail, digest_size=16).hexdigest() if tail else ""
 
 
+def _roll(tail: bytes, data: bytes) -> bytes:
+    """The last _TAIL_BYTES of `tail + data`, without copying a whole 256 KiB frame on the hot path."""
+    return (tail + data[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+
+
 class LogPump:
     def __init__(
         self,
@@ -77,13 +82,12 @@ class LogPump:
 
     @property
     def position(self) -> LogPosition:
-        tails = self._tails
         return LogPosition(
             self._messages[STDOUT],
             self._messages[STDERR],
             self.written,
-            tail_digest(tails[STDOUT]),
-            tail_digest(tails[STDERR]),
+            tail_digest(self._tails[STDOUT]),
+            tail_digest(self._tails[STDERR]),
         )
 
     @property
@@ -103,7 +107,7 @@ class LogPump:
                 self._skip[stream] -= skipped  # raw input replayed from its start: the file has those
             elif self._skip[stream]:
                 self._skip[stream] -= 1  # a message the file already has
-                self._tails[stream] = (self._tails[stream] + frame)[-_TAIL_BYTES:]
+                self._tails[stream] = _roll(self._tails[stream], frame)
                 if not self._skip[stream] and self._expected[stream]:
                     if self._expected[stream] != tail_digest(self._tails[stream]):
                         raise ReplayShifted(f"stream {stream}: the replay does not reach the resume point")
@@ -113,7 +117,7 @@ class LogPump:
                 data, count = frame, 1
             if count:
                 self._messages[stream] += count
-                self._tails[stream] = (self._tails[stream] + data)[-_TAIL_BYTES:]
+                self._tails[stream] = _roll(self._tails[stream], data)
                 self._write(self._maskers[stream].feed(data))
             if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
                 self._checkpoint()
@@ -149,7 +153,7 @@ class LogPump:
             if not self._expected[stream] or seen[stream] >= wanted[stream]:
                 continue
             seen[stream] += 1
-            tails[stream] = (tails[stream] + frame)[-_TAIL_BYTES:]
+            tails[stream] = _roll(tails[stream], frame)
             if tail_digest(tails[stream]) == self._expected[stream]:
                 found[stream] = seen[stream]
         lost = False
