@@ -100,7 +100,12 @@ def test_stop_escalates_when_the_job_ignores_sigterm(make_executor: MakeExecutor
     """Without a container (SIGTERM reaches the command itself), a job ignoring it is killed after the grace."""
     executor = make_executor(SLURM_CONTAINER_RUNTIME="none")
     job = executor.start(job_spec("stubborn", 'trap "" TERM; echo started; sleep 300'), progress=lambda line: None)
-    wait_state(job.ref, ["RUNNING"])
+    # Slurm says RUNNING before the shell reaches its trap: wait for the job's own word that it ignores SIGTERM.
+    seen = b""
+    for stream, data in executor.output(job, from_start=True):
+        seen += data if stream == 1 else b""
+        if b"started" in seen:
+            break
     started = time.monotonic()
     executor.stop(job, grace_seconds=2)
     code = wait_code(executor, job, timeout=30)
@@ -108,6 +113,22 @@ def test_stop_escalates_when_the_job_ignores_sigterm(make_executor: MakeExecutor
     assert code != 0
     verdict = executor.outcome(job)
     assert verdict is not None and verdict.error_code == "stopped_by_worker"
+
+
+def test_a_job_that_dies_of_the_stops_sigterm_was_stopped_by_the_worker(make_executor: MakeExecutor) -> None:
+    """Slurm says FAILED with signal 15, not CANCELLED: still the worker's stop, not the user's fault."""
+    executor = make_executor(SLURM_CONTAINER_RUNTIME="none")
+    job = executor.start(job_spec("obeys", "echo started; sleep 300"), progress=lambda line: None)
+    seen = b""
+    for stream, data in executor.output(job, from_start=True):
+        seen += data if stream == 1 else b""
+        if b"started" in seen:
+            break
+    executor.stop(job, grace_seconds=20)
+    assert wait_code(executor, job, timeout=30) == 128 + 15
+    verdict = executor.outcome(job)
+    assert verdict is not None
+    assert (verdict.error_code, verdict.error_category) == ("stopped_by_worker", "worker")
 
 
 def test_a_job_cancelled_behind_the_workers_back(make_executor: MakeExecutor) -> None:

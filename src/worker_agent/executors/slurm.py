@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -364,7 +365,9 @@ class SlurmExecutor:
 
     def _verdict(self, job: JobHandle, state: SlurmJobState) -> Outcome:
         verdict = outcome(state)
-        if verdict.error_code == "canceled_externally" and self._stop_requested(job.ref):
+        # The worker's stop ends a job by scancel (CANCELLED) or by the SIGTERM it sent first (a signal death).
+        by_stop = verdict.error_code == "canceled_externally" or state.signal in (signal.SIGTERM, signal.SIGKILL)
+        if by_stop and self._stop_requested(job.ref):
             return replace(
                 verdict,
                 error_code="stopped_by_worker",
