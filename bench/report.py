@@ -476,6 +476,8 @@ def _fleet(results: dict[str, Any]) -> list[str]:
         f"| machine busy, share of all cores over the batch, % | {cells('machine_busy_share', '.0f', 100)} |",
         "",
     ]
+    cut = [f"{row['what']}, repeat {row['repeat']}: not measured, {row['error']}" for row in rows if row.get("error")]
+    lines += [*cut, ""] if cut else []
     return lines + _fleet_bounds(results, whats)
 
 

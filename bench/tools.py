@@ -284,8 +284,8 @@ class CliRun:
         return self.proc.returncode
 
 
-def docker(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+def docker(*args: str, check: bool = True, timeout: float | None = None) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False, timeout=timeout)
     if check and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout.strip()
