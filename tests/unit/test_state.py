@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
+import logging
 import os
 import stat
 import threading
@@ -28,13 +30,29 @@ def test_outbox_is_fifo_and_survives_a_new_instance(tmp_path: Path) -> None:
     outbox.put(StatusUpdate("j1", "finished", exit_code=0))
     again = StateDir(tmp_path).outbox()
     assert again.depth() == 2
-    item = again.peek()
-    assert item is not None and item[1].status == "running"
-    again.done(item[0])
+    ((path, update),) = again.heads()
+    assert update.status == "running"
+    again.done(path)
     again.put(StatusUpdate("j2", "failed", error="x"))
-    first = again.peek()
-    assert first is not None and (first[1].job_id, first[1].status) == ("j1", "finished")
+    first = again.heads()[0]
+    assert (first[1].job_id, first[1].status) == ("j1", "finished")
     assert again.depth() == 2
+
+
+def test_outbox_heads_are_each_jobs_oldest_update_oldest_first(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    outbox = state.outbox()
+    outbox.put(StatusUpdate("j-2", Status.RUNNING))
+    outbox.put(StatusUpdate("j1", Status.RUNNING))
+    outbox.put(StatusUpdate("j-2", Status.FINISHED))
+    outbox.put(StatusUpdate("j3", Status.FAILED))
+    sorted((tmp_path / "outbox").glob("*.json"))[1].write_text("{")  # j1's only entry, torn
+
+    heads = outbox.heads()
+
+    assert [(update.job_id, update.status) for _, update in heads] == [("j-2", "running"), ("j3", "failed")]
+    assert outbox.depth() == 3 and len(list((tmp_path / "outbox").glob("*.corrupt"))) == 1
 
 
 def test_job_record_round_trip(tmp_path: Path) -> None:
@@ -99,10 +117,10 @@ def test_an_unreadable_outbox_entry_is_kept_for_the_next_try(tmp_path: Path, mon
 
     monkeypatch.setattr(Path, "read_text", emfile)
     with pytest.raises(OSError):
-        outbox.peek()
+        outbox.heads()
     monkeypatch.setattr(Path, "read_text", real_read)
-    item = outbox.peek()
-    assert item is not None and item[1].status == Status.FINISHED
+    ((_, update),) = outbox.heads()
+    assert update.status == Status.FINISHED
 
 
 def test_a_corrupt_outbox_entry_is_moved_aside_never_deleted(tmp_path: Path) -> None:
@@ -114,9 +132,9 @@ def test_a_corrupt_outbox_entry_is_moved_aside_never_deleted(tmp_path: Path) -> 
     first = sorted((tmp_path / "outbox").glob("*.json"))[0]
     first.write_text('{"job_id": "j1", "sta')  # a torn file, as a full disk leaves it
 
-    item = outbox.peek()
+    ((_, update),) = outbox.heads()
 
-    assert item is not None and item[1].status == Status.FINISHED
+    assert update.status == Status.FINISHED
     assert first.with_name(first.name + ".corrupt").read_text() == '{"job_id": "j1", "sta'
 
 
@@ -135,14 +153,14 @@ def test_reporter_survives_emfile_and_still_delivers(tmp_path: Path, monkeypatch
     client = BackendClient("http://backend", "w1", transport=httpx.MockTransport(answer))
     health = Health()
     reporter = Reporter(client, outbox, health)
-    real_peek, failures = outbox.peek, [OSError(errno.EMFILE, "Too many open files")]
+    real_heads, failures = outbox.heads, [OSError(errno.EMFILE, "Too many open files")]
 
-    def flaky_peek() -> Any:
+    def flaky_heads() -> Any:
         if failures:
             raise failures.pop()
-        return real_peek()
+        return real_heads()
 
-    monkeypatch.setattr(outbox, "peek", flaky_peek)
+    monkeypatch.setattr(outbox, "heads", flaky_heads)
     stop = threading.Event()
     thread = threading.Thread(target=reporter.run, args=(stop,), daemon=True)
     thread.start()
@@ -165,3 +183,91 @@ def test_atomic_writes_fsync_the_directory_after_the_rename(tmp_path: Path, monk
     monkeypatch.setattr(os, "fsync", fsync)
     write_json_atomic(tmp_path / "record.json", {"a": 1})
     assert synced == [False, True]  # the file's bytes, then the directory entry of the rename
+
+
+class JobStatuses:
+    """The backend's job-status endpoint: every request recorded, an answer per job as the test sets it."""
+
+    def __init__(self) -> None:
+        self.tried: list[tuple[str, str]] = []
+        self.accepted: list[tuple[str, str]] = []
+        self.answer: dict[str, int] = {}  # job id -> HTTP status; 200 for the others
+        self.unreachable = False
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.tried.append((body["job_id"], body["status"]))
+        if self.unreachable:
+            raise httpx.ConnectError("connection refused", request=request)
+        code = self.answer.get(body["job_id"], 200)
+        if code == 200:
+            self.accepted.append((body["job_id"], body["status"]))
+        return httpx.Response(code, json={"ok": code == 200})
+
+
+def reporter_with(tmp_path: Path, backend: JobStatuses, *updates: StatusUpdate) -> Reporter:
+    state = StateDir(tmp_path)
+    state.prepare()
+    client = BackendClient("http://backend", "w1", transport=httpx.MockTransport(backend.handle))
+    reporter = Reporter(client, state.outbox(), Health())
+    for update in updates:
+        reporter.report(update)
+    return reporter
+
+
+def test_a_job_whose_status_keeps_failing_holds_back_only_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = JobStatuses()
+    backend.answer["a"] = 500  # e.g. a backend bug for this one job
+    reporter = reporter_with(
+        tmp_path,
+        backend,
+        StatusUpdate("a", Status.RUNNING),
+        StatusUpdate("b", Status.RUNNING),
+        StatusUpdate("a", Status.FINISHED, exit_code=0),
+        StatusUpdate("b", Status.FINISHED, exit_code=0),
+    )
+
+    with caplog.at_level(logging.WARNING):
+        delays = [reporter._turn() for _ in range(4)]
+
+    assert backend.accepted == [("b", "running"), ("b", "finished")]
+    # One stretch of trouble: logged once, backed off further each turn, although b's statuses went through.
+    assert len([r for r in caplog.records if "status delivery" in r.getMessage()]) == 1
+    assert all(later > earlier for earlier, later in itertools.pairwise(delays))
+    assert ("a", "finished") not in backend.tried  # a job's end never goes before its `running`
+    kept = StateDir(tmp_path).outbox()  # a's statuses are on disk, for a restarted worker too
+    assert [(update.job_id, update.status) for _, update in kept.heads()] == [("a", "running")]
+    assert kept.depth() == 2
+
+    del backend.answer["a"]
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            reporter._turn()
+
+    assert backend.accepted[2:] == [("a", "running"), ("a", "finished")]
+    assert kept.depth() == 0
+    assert "is back" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("outage", ["unreachable", "503 for all"])
+def test_a_whole_backend_outage_costs_one_request_per_backoff_period(
+    tmp_path: Path, outage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = JobStatuses()
+    backend.unreachable = outage == "unreachable"
+    backend.answer = {} if backend.unreachable else {"a": 503, "b": 503, "c": 503}
+    jobs = [StatusUpdate(job_id, Status.RUNNING) for job_id in ("a", "b", "c")]
+    reporter = reporter_with(tmp_path, backend, *jobs)
+
+    with caplog.at_level(logging.WARNING):
+        delays = [reporter._turn() for _ in range(5)]
+
+    assert len(backend.tried) == 5  # one request per turn, however many jobs wait
+    # Doubling from BACKOFF_INITIAL_SECONDS (jitter in [d/2, d)): the same backoff as with one job.
+    assert all(later > earlier for earlier, later in itertools.pairwise(delays)) and delays[0] >= 0.5
+    assert len([r for r in caplog.records if "status delivery" in r.getMessage()]) == 1  # logged once
+    backend.unreachable, backend.answer = False, {}
+    reporter._turn()
+    assert sorted(backend.accepted) == [("a", "running"), ("b", "running"), ("c", "running")]

@@ -264,7 +264,7 @@ def test_worker_down_exits_1_and_still_lists_the_state_dir_unchanged(
     host.record("job-left", age=600)
     host.report(StatusUpdate("job-done", Status.FINISHED, exit_code=0))
     corrupt = host.state_dir / "outbox" / "000000000009-job-bad.json"
-    corrupt.write_text("{not json")  # Outbox.peek would move this aside; status must not
+    corrupt.write_text("{not json")  # Outbox.heads would move this aside; status must not
     before = snapshot(host.state_dir)
 
     code, out = run(host.args(closed_port), capsys)

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from worker_agent.backend.client import (
     BackendClient,
@@ -42,6 +43,7 @@ class Reporter:
         self._on_lost = on_lost
         self.knows_setup = True  # False once the backend refused a `setup` status
         self._outage = Outage("backend (status delivery)", log)
+        self._failing: list[str] = []  # jobs whose last send failed, in the order of that failure
 
     def report(self, update: StatusUpdate) -> None:
         """Record the update durably; the delivery thread sends it."""
@@ -65,24 +67,42 @@ class Reporter:
         return True
 
     def run(self, stop: threading.Event) -> None:
-        """Delivery loop: oldest first, so a job's `running` always precedes its terminal status."""
+        """Delivery loop: in order per job, so a job's `running` always precedes its terminal status."""
         keep_running("reporter", self._turn, stop, self._health, log)
 
     def _turn(self) -> float:
+        """Send the oldest pending update of each job, oldest first but the jobs whose last send failed last.
+
+        The first failure ends the turn and backs off, whatever the error. One error cannot tell a job's own
+        trouble (a 500 the backend answers only for it) from a backend down for everyone (a proxy's 502 while
+        it restarts, a refused connection), so this keeps a whole outage at one request per backoff period and
+        one log line, as before. The failed job goes behind every other job's update in the next turns:
+        it holds back only its own later updates, never another job's. The outage ends with a turn that sent
+        everything: other jobs' updates going through while one job's keep failing do not end it.
+        """
         self._outbox.changed.clear()
-        item = self._outbox.peek()
-        if item is None:
+        heads = self._outbox.heads()
+        if not heads:
             self._outbox.changed.wait(1.0)
             return 0
-        path, update = item
-        try:
-            self._deliver(update)
-        except BackendError as exc:
-            return self._outage.failed(exc)
+        pending = {update.job_id for _, update in heads}
+        self._failing = [job_id for job_id in self._failing if job_id in pending]  # forget jobs with nothing left
+        for path, update in sorted(heads, key=self._place):  # stable: oldest first within each group
+            try:
+                self._deliver(update)
+            except BackendError as exc:
+                self._failing = [job_id for job_id in self._failing if job_id != update.job_id] + [update.job_id]
+                return self._outage.failed(f"job {update.job_id}: {exc}")
+            self._failing = [job_id for job_id in self._failing if job_id != update.job_id]
+            self._outbox.done(path)
+            metrics.OUTBOX_DEPTH.set(self._outbox.depth())
         self._outage.succeeded()
-        self._outbox.done(path)
-        metrics.OUTBOX_DEPTH.set(self._outbox.depth())
         return 0
+
+    def _place(self, head: tuple[Path, StatusUpdate]) -> int:
+        """Where a job's update goes in a turn: -1 when its last send went through, else its place among the failing."""
+        job_id = head[1].job_id
+        return self._failing.index(job_id) if job_id in self._failing else -1
 
     def _deliver(self, update: StatusUpdate) -> None:
         try:

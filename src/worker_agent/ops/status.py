@@ -2,7 +2,7 @@
 
 Two sources, both only read: the state dir (job records and the status outbox, there whether or not the worker
 runs) and the worker's own endpoint on 127.0.0.1:METRICS_PORT (/readyz and /metrics, only while it runs).
-Nothing is created, moved or written: the outbox is read file by file rather than through Outbox.peek, which
+Nothing is created, moved or written: the outbox is read file by file rather than through Outbox.heads, which
 moves corrupt entries aside, and StateDir.prepare (which creates folders) is never called.
 """
 

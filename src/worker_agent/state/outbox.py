@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    """A FIFO of status updates on disk: written before the first send, removed once acknowledged."""
+    """Status updates on disk, FIFO per job: written before the first send, removed once acknowledged."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -33,20 +33,36 @@ class Outbox:
             write_json_atomic(self._folder / f"{self._seq:012d}-{update.job_id}.json", asdict(update))
         self.changed.set()
 
-    def peek(self) -> tuple[Path, StatusUpdate] | None:
-        """The oldest update not yet acknowledged; raises OSError when it cannot be read now (retry later).
+    def heads(self) -> list[tuple[Path, StatusUpdate]]:
+        """The oldest update of each job not yet acknowledged, oldest first; raises OSError when one cannot be
+        read now (retry later).
+
+        The order that matters is within one job (its `running` before its end): a job's later updates wait
+        for its oldest, but jobs need not wait for each other. Only each job's first entry is read.
+        """
+        heads: dict[str, tuple[Path, StatusUpdate]] = {}
+        for path in self._entries():
+            job_id = path.name.split("-", 1)[1].removesuffix(".json")
+            if job_id not in heads and (update := self._read(path)) is not None:
+                heads[job_id] = (path, update)
+        return list(heads.values())
+
+    def _read(self, path: Path) -> StatusUpdate | None:
+        """The update in `path`; None when it is gone or corrupt. A read that fails raises OSError (retry later).
 
         Only an entry that was read whole and does not parse is corrupt: it is moved aside (`*.corrupt`,
         for a person to look at) so that it does not block the others. Nothing is ever deleted unsent.
         """
-        for path in self._entries():
+        try:
             text = path.read_text(encoding="utf-8")
-            try:
-                return path, StatusUpdate(**json.loads(text))
-            except (ValueError, TypeError):
-                log.error("outbox entry %s is corrupt; moved aside to %s.corrupt", path.name, path.name)
-                path.replace(path.with_name(path.name + ".corrupt"))
-        return None
+        except FileNotFoundError:
+            return None  # acknowledged or dropped (drop_attempt) since the folder was listed
+        try:
+            return StatusUpdate(**json.loads(text))
+        except (ValueError, TypeError):
+            log.error("outbox entry %s is corrupt; moved aside to %s.corrupt", path.name, path.name)
+            path.replace(path.with_name(path.name + ".corrupt"))
+            return None
 
     def drop_attempt(self, job_id: str, attempt_number: int | None) -> int:
         """Remove the pending updates of one attempt of a job (it is no longer this worker's); how many."""
