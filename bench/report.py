@@ -304,11 +304,11 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         "`docker stop` (the job exits on SIGTERM here), a force-remove and the `stopped` report. The bench posts "
         "the stop at a random moment of the poll cycle, so with 3 repeats the median is noisy by up to one "
         "interval; the floor is the STATUS_POLL_INTERVAL=1 figure.",
-        f"- **Idle footprint**: the worker's RSS is the Python interpreter with httpx, the Docker SDK (requests) "
-        f"and pydantic loaded; its CPU is one `next-job` POST and one Docker `GET /version` ping per POLL_INTERVAL "
-        f"and a heartbeat per WORKER_HEARTBEAT_INTERVAL: {idle['requests'] * per_min:.1f} backend requests per "
-        f"minute, {schedule}. A Go CLI that only holds one connection open costs less memory; neither costs "
-        "measurable CPU.",
+        f"- **Idle footprint**: the worker's RSS is the Python interpreter with httpx (and OpenSSL), the Docker SDK "
+        f"(requests) and prometheus_client loaded; its CPU is one `next-job` POST and one Docker `GET /version` "
+        f"ping per POLL_INTERVAL and a heartbeat per WORKER_HEARTBEAT_INTERVAL: "
+        f"{idle['requests'] * per_min:.1f} backend requests per minute, {schedule}. A Go CLI that only holds one "
+        "connection open costs less memory; neither costs measurable CPU.",
         "",
     ]
 

@@ -133,6 +133,136 @@ def test_config_file_must_exist_inside_the_root(tmp_path: Path) -> None:
         assert caught.value.job_id == "job-1"
 
 
+# --- the rules a hand-written check could easily get wrong ---
+
+
+def where_of(raw: Any) -> str:
+    """The field path a refusal names: the reason's part before ': '."""
+    return reason_of(raw).reason.split(": ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"attempt_number": True}, "attempt_number"),  # bool is an int in Python, not in the payload
+        ({"attempt_number": False}, "attempt_number"),
+        ({"attempt_number": 1.0}, "attempt_number"),
+        ({"attempt_number": "1"}, "attempt_number"),
+        ({"attempt_number": -1}, "attempt_number"),
+        ({"attempt_number": 2**31 + 1}, "attempt_number"),
+        ({"attempt_token": ""}, "attempt_token"),
+        ({"attempt_token": "t" * 513}, "attempt_token"),
+        ({"attempt_token": 7}, "attempt_token"),
+        ({"attempt_token": "t\ud800"}, "attempt_token"),  # a lone surrogate, as json.loads gives for "\ud800"
+        ({"privileged": 0}, "privileged"),
+        ({"privileged": "false"}, "privileged"),
+        ({"job_name": 5}, "job_name"),
+        ({"container_name": True}, "container_name"),
+        ({"container_name": "a\x00b"}, "container_name"),
+        ({"image": "alpine\n"}, "image"),  # Python's `$` would match before the newline
+        ({"network_mode": "bridge\n"}, "network_mode"),
+        ({"pid_mode": "private\n"}, "pid_mode"),
+        ({"volumes": [{"host": "/a", "container": "/b", "mode": "ro\n"}]}, "volumes.0.mode"),
+        ({"volumes": [{"host": "/a", "container": "/b", "mode": None}]}, "volumes.0.mode"),
+        ({"volumes": [{"host": "/a", "container": "/b"}, "/c:/d"]}, "volumes.1"),
+        ({"volumes": [{"host": "/a", "container": "/b"}, None]}, "volumes.1"),
+        ({"volumes": [{"container": "/b"}]}, "volumes.0.host"),
+        ({"volumes": [{"host": "/a", "container": "b"}]}, "volumes.0.container"),
+        ({"volumes": ({"host": "/a", "container": "/b"},)}, "volumes"),  # strict: a tuple is not a JSON array
+        ({"command": ["echo", 1]}, "command.1"),
+        ({"command": ["echo", "a\x00"]}, "command.1"),
+        ({"command": {"0": "echo"}}, "command"),
+        ({"env": {"OK": "x", "BAD": None}}, "env.BAD"),
+        ({"env": {f"V{i}": "x" for i in range(257)}}, "env"),
+        ({"deucalion_options": []}, "deucalion_options"),
+        ({"deucalion_options": {str(i): i for i in range(33)}}, "deucalion_options"),
+        # Only the fields whose default is None accept an explicit null.
+        ({"volumes": None}, "volumes"),
+        ({"env": None}, "env"),
+        ({"privileged": None}, "privileged"),
+    ],
+)
+def test_strict_types_and_limits_name_the_exact_field(extra: dict[str, Any], where: str) -> None:
+    assert where_of({**GOOD, **extra}) == where
+
+
+@pytest.mark.parametrize("missing", ["job_id", "config_path"])
+def test_a_missing_required_field_is_named(missing: str) -> None:
+    raw = dict(GOOD)
+    del raw[missing]
+    error = reason_of(raw)
+    assert error.reason.startswith(f"{missing}: ") and "required" in error.reason.lower()
+    assert error.job_id == (None if missing == "job_id" else "job-1")
+
+
+def test_explicit_null_is_the_default_for_optional_fields() -> None:
+    optional = ("job_name", "image", "command", "container_name", "network_mode", "pid_mode")
+    nulls = dict.fromkeys((*optional, "attempt_number", "attempt_token", "deucalion_options"))
+    job = parse({**GOOD, **nulls})
+    assert all(getattr(job, name) is None for name in nulls)
+    assert job.command_args("/data") == ["--config", "/data/configs/a.yaml", "--job_id", "job-1"]
+
+
+def test_limits_are_inclusive_and_count_characters() -> None:
+    job = parse(
+        {
+            **GOOD,
+            "job_id": "j" * 128,
+            "job_name": "é" * 256,  # 512 bytes: the limit is in characters
+            "attempt_number": 2**31,
+            "attempt_token": "t" * 512,
+            "image": "a" * 255,
+            "volumes": [{"host": "/a", "container": "/b"}] * 64,
+            "env": {f"V{i}": "é" for i in range(256)},
+            "deucalion_options": {str(i): i for i in range(32)},
+        }
+    )
+    assert (len(job.volumes), len(job.env), job.attempt_number) == (64, 256, 2**31)
+    assert parse({**GOOD, "attempt_number": 0}).attempt_number == 0
+
+
+def test_the_first_field_in_declaration_order_is_reported() -> None:
+    # The payload's own key order is the reverse: the order of the checks must not follow it.
+    assert where_of({"env": {"A": 1}, "command": 3, **GOOD}) == "command"
+    assert where_of({"pid_mode": "x y", "image": "x y", "job_name": 5, **GOOD}) == "job_name"
+    assert where_of({"config_path": "/abs", "job_id": "../x"}) == "job_id"
+    # A too long list is reported before a bad item; a dict's items before its size.
+    assert where_of({**GOOD, "volumes": [3] + [{"host": "/a", "container": "/b"}] * 64}) == "volumes"
+    assert where_of({**GOOD, "env": {f"V{i}": 3 for i in range(300)}}) == "env.V0"
+    # Host options are refused before any field is looked at.
+    error = reason_of({"job_id": 7, "cap_add": ["SYS_ADMIN"]})
+    assert (error.reason, error.job_id) == ("payload: cap_add is not allowed", None)
+
+
+@pytest.mark.parametrize("value", [None, [], {}, "", False, 0])
+def test_an_empty_host_option_is_harmless(value: Any) -> None:
+    assert parse({**GOOD, "sysctls": value, "runtime": value}).job_id == "job-1"
+
+
+@pytest.mark.parametrize("value", [True, "runc", ["x"], [""], {"a": None}, 1])
+def test_any_other_host_option_is_refused(value: Any) -> None:
+    assert reason_of({**GOOD, "runtime": value}).reason == "payload: runtime is not allowed"
+
+
+def test_a_parsed_payload_is_checked_immutable_and_its_own() -> None:
+    raw = {
+        **GOOD,
+        "command": ["run", "x"],
+        "env": {"A": "1"},
+        "volumes": [{"host": "//srv//data/", "container": "/in/./x", "extra": 1}, {"host": "/b", "container": "/c"}],
+    }
+    job = parse(raw)
+    assert [(v.host, v.container, v.mode) for v in job.volumes] == [("/srv/data", "/in/x", "rw"), ("/b", "/c", "rw")]
+    raw["command"].append("--evil")
+    raw["env"]["B"] = "2"
+    raw["volumes"].append({"host": "/", "container": "/host"})
+    assert (job.command_args("/data"), job.env, len(job.volumes)) == (["run", "x"], {"A": "1"}, 2)
+    with pytest.raises(AttributeError):
+        job.privileged = True  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        job.volumes[0].host = "/"  # type: ignore[misc]
+
+
 # --- property-based: arbitrary JSON and crafted paths ---
 
 _PARTS = st.sampled_from(["configs", "a.yaml", "..", ".", "", "out", "loop", "jobs", "x" * 300, "\x00", "\ud800"])
