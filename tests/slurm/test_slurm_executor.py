@@ -11,6 +11,7 @@ import pytest
 from harness import wait_for
 from slurm_support import COPY_JOB, WORKER, copy_share, job_spec, job_state, read_all, run, wait_code, wait_state
 
+from worker_agent.domain import JobHandle
 from worker_agent.executors import slurm_commands
 from worker_agent.executors.base import ExecutorError, JobLost
 from worker_agent.executors.slurm import SlurmExecutor
@@ -101,11 +102,7 @@ def test_stop_escalates_when_the_job_ignores_sigterm(make_executor: MakeExecutor
     executor = make_executor(SLURM_CONTAINER_RUNTIME="none")
     job = executor.start(job_spec("stubborn", 'trap "" TERM; echo started; sleep 300'), progress=lambda line: None)
     # Slurm says RUNNING before the shell reaches its trap: wait for the job's own word that it ignores SIGTERM.
-    seen = b""
-    for stream, data in executor.output(job, from_start=True):
-        seen += data if stream == 1 else b""
-        if b"started" in seen:
-            break
+    wait_started(executor, job)
     started = time.monotonic()
     executor.stop(job, grace_seconds=2)
     code = wait_code(executor, job, timeout=30)
@@ -119,16 +116,21 @@ def test_a_job_that_dies_of_the_stops_sigterm_was_stopped_by_the_worker(make_exe
     """Slurm says FAILED with signal 15, not CANCELLED: still the worker's stop, not the user's fault."""
     executor = make_executor(SLURM_CONTAINER_RUNTIME="none")
     job = executor.start(job_spec("obeys", "echo started; sleep 300"), progress=lambda line: None)
-    seen = b""
-    for stream, data in executor.output(job, from_start=True):
-        seen += data if stream == 1 else b""
-        if b"started" in seen:
-            break
+    wait_started(executor, job)
     executor.stop(job, grace_seconds=20)
     assert wait_code(executor, job, timeout=30) == 128 + 15
     verdict = executor.outcome(job)
     assert verdict is not None
     assert (verdict.error_code, verdict.error_category) == ("stopped_by_worker", "worker")
+
+
+def wait_started(executor: SlurmExecutor, job: JobHandle) -> None:
+    """Until the job has printed "started" (its traps are set by then)."""
+    seen = b""
+    for stream, data in executor.output(job, from_start=True):
+        seen += data if stream == 1 else b""
+        if b"started" in seen:
+            return
 
 
 def test_a_job_cancelled_behind_the_workers_back(make_executor: MakeExecutor) -> None:

@@ -19,13 +19,18 @@ from worker_agent.backend.reporter import Reporter
 from worker_agent.domain import JobRecord, LogPosition, Status, StatusUpdate
 from worker_agent.health import Health
 from worker_agent.state.atomic import write_json_atomic
+from worker_agent.state.outbox import Outbox
 from worker_agent.state.store import StateDir
 
 
-def test_outbox_is_fifo_and_survives_a_new_instance(tmp_path: Path) -> None:
+def prepared_outbox(tmp_path: Path) -> Outbox:
     state = StateDir(tmp_path)
     state.prepare()
-    outbox = state.outbox()
+    return state.outbox()
+
+
+def test_outbox_is_fifo_and_survives_a_new_instance(tmp_path: Path) -> None:
+    outbox = prepared_outbox(tmp_path)
     outbox.put(StatusUpdate("j1", "running", "cid", "name"))
     outbox.put(StatusUpdate("j1", "finished", exit_code=0))
     again = StateDir(tmp_path).outbox()
@@ -40,9 +45,7 @@ def test_outbox_is_fifo_and_survives_a_new_instance(tmp_path: Path) -> None:
 
 
 def test_outbox_heads_are_each_jobs_oldest_update_oldest_first(tmp_path: Path) -> None:
-    state = StateDir(tmp_path)
-    state.prepare()
-    outbox = state.outbox()
+    outbox = prepared_outbox(tmp_path)
     outbox.put(StatusUpdate("j-2", Status.RUNNING))
     outbox.put(StatusUpdate("j1", Status.RUNNING))
     outbox.put(StatusUpdate("j-2", Status.FINISHED))
@@ -106,9 +109,7 @@ def test_reporter_retries_and_turns_a_late_finish_into_stopped(tmp_path: Path) -
 
 
 def test_an_unreadable_outbox_entry_is_kept_for_the_next_try(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state = StateDir(tmp_path)
-    state.prepare()
-    outbox = state.outbox()
+    outbox = prepared_outbox(tmp_path)
     outbox.put(StatusUpdate("j1", Status.FINISHED, exit_code=0))
     real_read = Path.read_text
 
@@ -124,9 +125,7 @@ def test_an_unreadable_outbox_entry_is_kept_for_the_next_try(tmp_path: Path, mon
 
 
 def test_a_corrupt_outbox_entry_is_moved_aside_never_deleted(tmp_path: Path) -> None:
-    state = StateDir(tmp_path)
-    state.prepare()
-    outbox = state.outbox()
+    outbox = prepared_outbox(tmp_path)
     outbox.put(StatusUpdate("j1", Status.RUNNING))
     outbox.put(StatusUpdate("j1", Status.FINISHED))
     first = sorted((tmp_path / "outbox").glob("*.json"))[0]
@@ -140,9 +139,7 @@ def test_a_corrupt_outbox_entry_is_moved_aside_never_deleted(tmp_path: Path) -> 
 
 def test_reporter_survives_emfile_and_still_delivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(defaults, "BACKOFF_INITIAL_SECONDS", 0.01)
-    state = StateDir(tmp_path)
-    state.prepare()
-    outbox = state.outbox()
+    outbox = prepared_outbox(tmp_path)
     outbox.put(StatusUpdate("j1", Status.FINISHED, exit_code=0))
     delivered: list[Any] = []
 
@@ -206,10 +203,8 @@ class JobStatuses:
 
 
 def reporter_with(tmp_path: Path, backend: JobStatuses, *updates: StatusUpdate) -> Reporter:
-    state = StateDir(tmp_path)
-    state.prepare()
     client = BackendClient("http://backend", "w1", transport=httpx.MockTransport(backend.handle))
-    reporter = Reporter(client, state.outbox(), Health())
+    reporter = Reporter(client, prepared_outbox(tmp_path), Health())
     for update in updates:
         reporter.report(update)
     return reporter
