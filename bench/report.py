@@ -287,7 +287,10 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         "(one 256 KiB `read1`, demux, UTF-8 decode, encode, one `os.write` per frame) is a small fraction of a "
         f"core. `docker logs -f` is slow ({cli_s:.1f} s) because dockerd tails its own json-file and decodes "
         f"every line again ({cli_dockerd:.1f} CPU s), and the CLI re-frames it ({cli_cpu:.1f} CPU s), all "
-        "while the job is still writing on the same 2 cores.",
+        "while the job is still writing on the same 2 cores. Docker's `local` log driver costs dockerd less "
+        "than json-file, but on dockerd 20.10 its replay drops the newline after a line longer than 16 KiB, so "
+        "a restarted worker could not resume such a log exactly (docs/logs.md): the worker keeps json-file, and "
+        "with it the same bound as `docker run` attached.",
         _readopt_bound(results["readopt"]),
         "- **Log latency** is bound by scheduling: each write of the job reaches the worker as one attach frame, "
         "which the pump writes at once with one `os.write` (no buffering, no timer). The bench's own watcher "
