@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import uvicorn
-from devserver_support import Env, FakeClock, Live, MakeEnv, build_env, free_port, wait_for_port
+from devserver_support import Env, FakeClock, Live, MakeEnv, build_env, wait_for_port
+from harness import free_port
 
 from opeva_devserver.app import create_app
 from opeva_devserver.settings import Settings

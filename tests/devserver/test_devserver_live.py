@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from devserver_support import FakeClock, Live, build_env, free_port, wait_for_port
+from devserver_support import FakeClock, Live, build_env, wait_for_port
+from harness import free_port
 
 from opeva_devserver.cli import build_parser, settings_from_args
 
