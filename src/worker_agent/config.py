@@ -339,7 +339,7 @@ OPTIONS: tuple[Option, ...] = (
         "DOCKER_LOG_MAX_BYTES",
         "--docker-log-max-bytes",
         _byte_count,
-        "Bound of Docker's own copy of a job's output (json-file, rotated over "
+        "Bound of Docker's own copy of a job's output (`local` driver, rotated over "
         f"{defaults.DOCKER_LOG_FILES} files), which a restarted worker catches up from "
         f"(default {defaults.DOCKER_LOG_MAX_FACTOR} x MAX_LOG_BYTES).",
     ),

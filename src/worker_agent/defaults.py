@@ -40,7 +40,7 @@ BACKOFF_MAX_SECONDS = 60.0
 LOG_CHECKPOINT_SECONDS = 1.0
 # Cap of one job log file; past it one marker line is written and further output dropped.
 MAX_LOG_BYTES = 1024**3
-# Docker's own copy of a job's output (json-file, what a restarted worker catches up from) is bounded to this
+# Docker's own copy of a job's output (its `local` log, what a restarted worker catches up from) is bounded to this
 # many times MAX_LOG_BYTES, rotated over this many files: room for the JSON framing around each line.
 DOCKER_LOG_MAX_FACTOR = 2
 DOCKER_LOG_FILES = 4

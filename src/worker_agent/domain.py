@@ -86,7 +86,7 @@ class StatusUpdate:
 class LogPosition:
     """Where a job's log is: messages of each output stream already in the file, and its size then.
 
-    A message is what Docker's json-file log keeps as one entry (logs/messages.py); counting those, not
+    A message is what Docker's log copier keeps as one entry (logs/messages.py); counting those, not
     bytes, makes the live stream and a replay of the container's log agree on where the file stopped.
     """
 

@@ -585,7 +585,7 @@ class JobRun:
         self._pump = pump = LogPump(
             self._log,
             self.record.position,
-            # Docker replays json-file messages; a Slurm job's output files are raw bytes from the start.
+            # Docker replays its log's messages; a Slurm job's output files are raw bytes from the start.
             raw=not from_start or self._raw_replay,
             secrets=secret_values(handle.env, self.ctx.settings),
             max_bytes=self.ctx.settings.max_log_bytes,

@@ -1,6 +1,6 @@
 """Docker keeps a bounded, rotated copy of a job's output (DOCKER_LOG_MAX_BYTES). A worker that comes back
 after the job printed past that bound must neither skip nor repeat output, and must say where some may be
-missing: real dockerd, real json-file rotation, worker killed with kill -9.
+missing: real dockerd, real `local` log rotation, worker killed with kill -9.
 
 64 KiB over 4 files keeps about 700 of the short lines below (Docker stores each as a JSON object).
 """

@@ -76,7 +76,7 @@ _ARTIFACTS = ("results", "progress")
 
 class SlurmExecutor:
     name = "slurm"
-    # output(from_start=True) replays the job's raw bytes as it printed them, not Docker's json-file messages:
+    # output(from_start=True) replays the job's raw bytes as it printed them, not Docker's log messages:
     # a catch-up after a restart splits them into messages the same way as the live read does.
     replay_is_raw = True
     # A submitted job waits in the queue: it is reported `running` only once Slurm runs it (outcome()).

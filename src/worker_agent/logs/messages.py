@@ -1,38 +1,22 @@
-"""Job output as log messages, exactly the way Docker's json-file log driver keeps them.
+"""Job output as log messages, exactly the way Docker's log copier cuts it.
 
 The live log comes from the attach stream (raw bytes, cut anywhere); after a restart the worker catches up
-from the container's json-file log. For the two to give the same bytes, the live path turns its raw bytes
-into what json-file stores (docs/logs.md):
+from the container's own log (Docker's `local` driver), which replays one message per frame. For the two to
+give the same bytes, the live path cuts its raw bytes the way Docker's copier does (docs/logs.md):
 
-- a message is one line with its newline, or 16 KiB of a longer line (Docker's copier buffer), or what is
-  left when the stream ends; json-file replays each message as one frame;
-- each message is made valid UTF-8 on its own: every byte that is not part of a valid UTF-8 character
-  becomes U+FFFD (Go's rule), so a character cut by a 16 KiB boundary becomes U+FFFD in both paths.
+- a message is one line with its newline, or 16 KiB of a longer line (the copier's buffer), or what is left
+  when the stream ends;
+- the last message of a line longer than 16 KiB always ends with a newline. dockerd 20.10's replay drops that
+  newline, and where such a line ends the output it cannot tell whether the job printed one; both paths
+  therefore write one (`restore_newlines` on the replay, `MessageSplitter.flush` on the live path).
 """
 
 from __future__ import annotations
 
-import codecs
+from collections.abc import Iterable, Iterator
 
 # Docker's log copier buffer (daemon/logger/copier.go): a longer line is stored in pieces of this size.
 MESSAGE_BYTES = 16 * 1024
-_ERRORS = "opeva-per-byte"
-
-
-def _per_byte_replacement(error: UnicodeError) -> tuple[str, int]:
-    # One U+FFFD for every byte of the invalid sequence, as Go's utf8.DecodeRune does (width 1 per error).
-    assert isinstance(error, UnicodeDecodeError)
-    return "\ufffd" * (error.end - error.start), error.end
-
-
-codecs.register_error(_ERRORS, _per_byte_replacement)
-
-
-def coerce(message: bytes) -> bytes:
-    """A whole message as json-file stores it: valid UTF-8, every invalid byte replaced by U+FFFD."""
-    if message.isascii():
-        return message
-    return message.decode("utf-8", _ERRORS).encode()
 
 
 def count_messages(whole: bytes) -> int:
@@ -44,23 +28,27 @@ def count_messages(whole: bytes) -> int:
 
 
 class MessageSplitter:
-    """Raw bytes of one stream in, complete json-file messages out; the incomplete last message is held."""
+    """Raw bytes of one stream in, complete messages out; the incomplete last message is held."""
 
     def __init__(self) -> None:
         self._pending = b""  # the start of the current message, not complete yet
+        self._long = False  # the current line has had a 16 KiB piece already
 
     @property
     def held(self) -> int:
         return len(self._pending)
 
     def feed(self, data: bytes, skip: int = 0) -> tuple[bytes, int, int]:
-        """The messages that `data` completes, joined and coerced, how many they are, and how many of the
-        first ones were dropped because the file has them already (at most `skip`, counted before coercion)."""
+        """The messages that `data` completes, joined, how many they are, and how many of the first ones were
+        dropped because the file has them already (at most `skip`)."""
         data = self._pending + data if self._pending else data
         cut = data.rfind(b"\n") + 1
         rest = data[cut:]
-        while len(rest) >= MESSAGE_BYTES:  # a line longer than Docker's buffer: its full pieces are messages
-            rest = rest[MESSAGE_BYTES:]
+        if cut:
+            self._long = False  # the held rest starts a new line
+        if len(rest) >= MESSAGE_BYTES:  # a line longer than Docker's buffer: its full pieces are messages
+            rest = rest[len(rest) // MESSAGE_BYTES * MESSAGE_BYTES :]
+            self._long = True
         whole = data[: len(data) - len(rest)]
         self._pending = rest
         skipped = 0
@@ -68,25 +56,26 @@ class MessageSplitter:
             messages = split_messages(whole)
             skipped = min(skip, len(messages))
             whole = b"".join(messages[skipped:])  # starts on a message boundary, so pieces stay aligned
-        if not whole:
-            return b"", 0, skipped
-        count = count_messages(whole)
-        if whole.isascii() or (count == whole.count(b"\n") and _is_utf8(whole)):
-            return whole, count, skipped  # the common case: nothing to replace, no piece boundary to look at
-        return b"".join(coerce(message) for message in split_messages(whole)), count, skipped
+        return whole, count_messages(whole), skipped
 
     def flush(self) -> tuple[bytes, int]:
-        """The stream really ended: what is left is a last message of its own."""
+        """The stream really ended: what is left is a last message of its own (with a newline when it ends
+        a line longer than 16 KiB, as the replay gives it)."""
         message, self._pending = self._pending, b""
-        return coerce(message), 1 if message else 0
+        if message and self._long:
+            message += b"\n"
+        return message, 1 if message else 0
 
 
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def restore_newlines(frames: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """Docker's replay, one frame per message, with the newline back at the end of each line longer than
+    16 KiB: a message after a piece (16 KiB, no newline) that is shorter and has no newline ends its line."""
+    after_piece = {1: False, 2: False}
+    for stream, message in frames:
+        if after_piece[stream] and len(message) < MESSAGE_BYTES and not message.endswith(b"\n"):
+            message += b"\n"
+        after_piece[stream] = len(message) == MESSAGE_BYTES and not message.endswith(b"\n")
+        yield stream, message
 
 
 def split_messages(whole: bytes) -> list[bytes]:

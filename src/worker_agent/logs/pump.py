@@ -1,9 +1,9 @@
-"""The log pump: job output -> json-file messages, masked and capped, appended to the job's log file.
+"""The log pump: job output -> Docker's log messages, masked and capped, appended to the job's log file.
 
 Raw input (Docker's live attach stream, or a Slurm job's output files, live or replayed) is cut into messages
-by a MessageSplitter per stream; Docker's replay of its json-file log gives one message per frame already.
-Both give the same bytes (logs/messages.py), so a log resumed after a restart equals one written without
-interruption.
+by a MessageSplitter per stream; Docker's replay of its log gives one message per frame already (its lost
+newlines restored). Both give the same bytes (logs/messages.py), so a log resumed after a restart equals one
+written without interruption.
 
 The resume point (`LogPosition`) is the number of messages of each stream in the file and the file's size
 then. A new pump cuts the file back to that size (a crash may have left bytes written after the last
