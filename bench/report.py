@@ -279,18 +279,18 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         "",
         f"- **Log throughput is bound by dockerd, not by the worker.** Over a {w_s:.1f} s flood the worker "
         f"process used {w_cpu:.2f} CPU s while dockerd used {w_dockerd:.1f} CPU s of the machine's 2 cores: it "
-        "encodes every line as JSON into the container's json-file log (which the worker requires, so that a "
-        "restarted worker can catch up) and copies it into the attach stream. `docker run` attached does the "
-        f"same work (dockerd {run_dockerd:.1f} CPU s) at {run_mibs:.1f} MiB/s against the worker's "
-        f"{w_mibs:.1f}; without a log driver dockerd needs only {none_dockerd:.1f} CPU s and the flood runs "
-        f"{none_mibs / run_mibs if run_mibs else float('nan'):.1f} times as fast as attached. The worker's pump "
-        "(one 256 KiB `read1`, demux, UTF-8 decode, encode, one `os.write` per frame) is a small fraction of a "
-        f"core. `docker logs -f` is slow ({cli_s:.1f} s) because dockerd tails its own json-file and decodes "
-        f"every line again ({cli_dockerd:.1f} CPU s), and the CLI re-frames it ({cli_cpu:.1f} CPU s), all "
-        "while the job is still writing on the same 2 cores. Docker's `local` log driver costs dockerd less "
-        "than json-file, but on dockerd 20.10 its replay drops the newline after a line longer than 16 KiB, so "
-        "a restarted worker could not resume such a log exactly (docs/logs.md): the worker keeps json-file, and "
-        "with it the same bound as `docker run` attached.",
+        "stores every message in the container's log (the `local` driver the worker sets, which a restarted "
+        "worker catches up from) and copies it into the attach stream. `docker run` attached with the daemon's "
+        f"default driver, json-file, also encodes every line as JSON (dockerd {run_dockerd:.1f} CPU s) and "
+        f"reaches {run_mibs:.1f} MiB/s against the worker's {w_mibs:.1f}; without a log driver dockerd needs "
+        f"only {none_dockerd:.1f} CPU s and the flood reaches {none_mibs:.1f} MiB/s. That is the ceiling for "
+        "any path that keeps a copy of the output in dockerd for a restarted worker; the worker needs that "
+        "copy, so the `local` driver's cost is its bound. The worker's pump (one 256 KiB `read1`, demux, a "
+        "search for the last newline, one `os.write` per frame) is a small fraction of a core. `docker logs "
+        f"-f` is slow ({cli_s:.1f} s) because dockerd tails its own json-file and decodes every line again "
+        f"({cli_dockerd:.1f} CPU s), and the CLI re-frames it ({cli_cpu:.1f} CPU s), all while the job is "
+        "still writing on the same 2 cores. The `local` driver's replay on dockerd 20.10 drops the newline "
+        "after a line longer than 16 KiB; the worker restores it (docs/logs.md), so a resumed log stays exact.",
         _readopt_bound(results["readopt"]),
         "- **Log latency** is bound by scheduling: each write of the job reaches the worker as one attach frame, "
         "which the pump writes at once with one `os.write` (no buffering, no timer). The bench's own watcher "
@@ -299,7 +299,8 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         f"- **Job turnaround** ({w_job * 1000:.0f} ms/job against {c_job * 1000:.0f} ms for `docker run --rm`) "
         "is bound by Docker's container create/start/remove, which both sides pay, plus the worker's own steps "
         "per job: `next-job` POST, image inspect, create, attach, start, inspect for the exit code, force-remove, "
-        "two fsync'd outbox entries (`running`, `finished`) and two fsync'd job records, `GET /version` ping and "
+        "two fsync'd outbox entries (`running`, `finished`) and two fsync'd job records, a `GET /version` ping "
+        "(at most once per POLL_INTERVAL) and "
         "two heartbeats (`beat_now` before and after each job). POLL_INTERVAL matters only once per batch: after "
         "a job ends the worker polls again at once.",
         "- **Stop latency** is bound by STATUS_POLL_INTERVAL: the worker learns of `POST /stop` only at its next "
@@ -318,8 +319,8 @@ def _bounds(results: dict[str, Any]) -> list[str]:
 
 def _readopt_bound(readopt: Row) -> str:
     how = (
-        "- **Re-adoption** reads `GET /containers/{id}/logs?follow=1` (json-file) from the start and skips the "
-        "bytes that the last checkpoint (every second, only at clean UTF-8/secret-mask boundaries) says are in the "
+        "- **Re-adoption** reads `GET /containers/{id}/logs?follow=1` (`local` driver) from the start and skips the "
+        "bytes that the last checkpoint (every second, only where no secret masker holds bytes back) says are in the "
         "file, after cutting the file back to that checkpoint. Once the container has exited it reads the log once "
         "more without following (`follow=0`) from that checkpoint, because dockerd stops a followed read when the "
         "container exits, however far behind the reader is. Its speed is that of `docker logs -f`."

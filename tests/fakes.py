@@ -48,6 +48,7 @@ class FakeExecutor:
         self.default = Script()
         self.containers: dict[str, FakeContainer] = {}
         self.available = True
+        self.pings = 0
         self.block_start = threading.Event()
         self.unreachable_starts = 0  # this many starts find the executor gone (dockerd restarting)
         self.max_running = 0
@@ -89,12 +90,16 @@ class FakeExecutor:
     # --- the Executor interface ---
 
     def ping(self) -> str:
-        if not self.available:
-            raise ExecutorUnavailable("fake executor down")
+        self.pings += 1
+        self._reachable()
         return "fake-1.0"
 
+    def _reachable(self) -> None:
+        if not self.available:
+            raise ExecutorUnavailable("fake executor down")
+
     def start(self, spec: JobSpec, progress: Callable[[str], None], cancel: threading.Event) -> JobHandle:
-        self.ping()
+        self._reachable()
         if self.unreachable_starts:
             self.unreachable_starts -= 1
             raise ExecutorUnavailable("fake executor restarting")
@@ -119,14 +124,14 @@ class FakeExecutor:
             return container
 
     def start_created(self, job: JobHandle) -> None:
-        self.ping()
+        self._reachable()
 
     def end_details(self, job: JobHandle) -> dict[str, Any]:
-        self.ping()
+        self._reachable()
         return {"oom_killed": self._get(job).script.exit_code == 137 and not self._get(job).stopped}
 
     def output(self, job: JobHandle, from_start: bool, follow: bool = True) -> Iterator[tuple[int, bytes]]:
-        self.ping()
+        self._reachable()
         container = self._get(job)
         index = 0
         while True:
@@ -141,11 +146,11 @@ class FakeExecutor:
                 return
 
     def exit_code(self, job: JobHandle) -> int | None:
-        self.ping()
+        self._reachable()
         return self._get(job).exit_code
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:
-        self.ping()
+        self._reachable()
         with self._changed:
             container = self._get(job)
             container.stopped = True
@@ -154,13 +159,13 @@ class FakeExecutor:
             self._changed.notify_all()
 
     def remove(self, job: JobHandle) -> None:
-        self.ping()
+        self._reachable()
         with self._changed:
             self.containers[job.ref].removed = True
             self._changed.notify_all()
 
     def find_owned(self, worker_id: str) -> list[JobHandle]:
-        self.ping()
+        self._reachable()
         return [
             JobHandle(c.spec.job_id, c.ref, c.spec.name, dict(c.spec.env))
             for c in self.containers.values()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
 import threading
@@ -125,6 +126,7 @@ class Worker:
         self._share_outage = Outage("shared directory", log)
         self._busy_share_check = 0.0  # when the share is looked at next while every slot is busy
         self._executor_error: object = None
+        self._executor_answered = -math.inf  # when the executor last answered a ping
         self._share_problem: str | None = None
         self._needs_readopt = True
         self._signalled = ""  # set by a signal handler, logged by the loop
@@ -248,12 +250,17 @@ class Worker:
     # --- health of what the worker depends on ---
 
     def _executor_ready(self) -> bool:
+        # Asked at most once per poll interval: when jobs follow each other, a ping before every next-job
+        # would be a Docker round trip on each job's way, just after the last job's own calls went through.
+        if time.monotonic() - self._executor_answered < self.settings.poll_interval:
+            return True
         try:
             self.health.executor_up(self.executor.ping())
         except (ExecutorUnavailable, ExecutorError) as exc:
             self._executor_error = exc
             self.health.executor_down(exc)
             return False
+        self._executor_answered = time.monotonic()
         self._executor_outage.succeeded()
         return True
 

@@ -145,6 +145,16 @@ def test_no_job_is_taken_while_the_executor_is_down(rig: Rig, caplog: pytest.Log
     assert len(down_lines) == 1  # logged once per outage, however many retries
 
 
+def test_jobs_back_to_back_ask_the_executor_if_it_is_up_once_per_poll_interval(rig: Rig) -> None:
+    for job_id in "abc":
+        rig.backend.submit(job_id)
+    rig.start(poll_interval=30)
+
+    for job_id in "abc":
+        rig.wait_status(job_id, "finished")
+    assert rig.executor.pings == 1  # the jobs' own calls went through just before each next-job
+
+
 def test_a_backend_outage_is_waited_out_and_the_status_delivered(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     rig.executor.default = Script(runs_until_stopped=True)
     rig.backend.submit("a")
