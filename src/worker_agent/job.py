@@ -107,6 +107,7 @@ class JobRun:
         self._stop_sent = False
         self._queue_seen: dict[str, Any] | None = None  # the pending reason and queue position last reported
         self._fail_reason: str | None = None  # the container vanished under the job
+        self._ended = False  # the job ended and was reported: its container is removed by clean_up()
         self._lost: str | None = None  # why this worker no longer owns the job (set from any thread)
         self.attempt_number = attempt_number
         self._attempt_token = attempt_token
@@ -501,8 +502,7 @@ class JobRun:
         if status is not None:
             self._report(status, exit_code=code, error=error, error_code=error_code, **details)
         log.info("job %s ended: exit code %s, %s", self.job_id, code, status or "not reported", extra=self._extra)
-        self._remove()
-        self.ctx.state.forget_job(self.job_id, self.handle.ref)
+        self._ended = True
         metrics.JOBS_ENDED.labels(str(status or "abandoned")).inc()
         if self.record is not None:
             metrics.JOB_DURATION.observe(max(0.0, self.ctx.clock() - self.record.started_at))
@@ -567,6 +567,14 @@ class JobRun:
                 log.warning("stopping job %s: %s", self.job_id, error, extra=self._extra)
         self._report(Status.FAILED, error=f"cannot write the job log: {exc}", error_code="log_unwritable")
         return Status.FAILED
+
+    def clean_up(self) -> None:
+        """Once a job that ended is reported and its slot taken by the next: remove its container, then its
+        record (the record last: a worker killed in between finds the container, sees the job has ended and
+        removes it)."""
+        if self._ended and self.handle is not None:
+            self._remove()
+            self.ctx.state.forget_job(self.job_id, self.handle.ref)
 
     def _remove(self) -> None:
         assert self.handle is not None

@@ -40,12 +40,16 @@ _EXIT_FLUSH_SECONDS = 2.5
 
 
 class _Slots:
-    """The jobs in hand, one thread each; `changed` is set whenever one ends."""
+    """The jobs in hand, one thread each; `changed` is set whenever one ends.
+
+    A slot is free once its job's end is reported; the thread then removes the job's container (Docker takes
+    tens of milliseconds) while the next job starts."""
 
     def __init__(self, limit: int, changed: threading.Event) -> None:
         self.limit = limit
         # Keyed by the run itself: for a moment two attempts of one job may both be in hand.
         self._runs: dict[int, tuple[JobRun, threading.Thread]] = {}
+        self._cleaning: set[threading.Thread] = set()  # slots freed, containers still being removed
         self._lock = threading.Lock()
         self._changed = changed
         metrics.SLOTS.set(limit)
@@ -61,8 +65,16 @@ class _Slots:
             finally:
                 with self._lock:
                     self._runs.pop(id(run), None)
+                    self._cleaning.add(thread)
                     metrics.ACTIVE_JOBS.set(len(self._runs))
                 self._changed.set()
+            try:
+                run.clean_up()
+            except Exception:
+                log.exception("job %s: unexpected error removing it", run.job_id, extra={"job_id": run.job_id})
+            finally:
+                with self._lock:
+                    self._cleaning.discard(thread)
 
         thread = threading.Thread(target=life, name=f"job-{run.job_id}", daemon=True)
         with self._lock:
@@ -86,10 +98,11 @@ class _Slots:
             return self.limit - len(self._runs)
 
     def join(self, timeout: float | None) -> bool:
-        """Wait for every slot to end; False when `timeout` ran out first."""
+        """Wait for every slot to end and every container of an ended job to be removed; False when `timeout`
+        ran out first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            threads = [thread for _, thread in self._runs.values()]
+            threads = [thread for _, thread in self._runs.values()] + list(self._cleaning)
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in threads)
@@ -322,7 +335,9 @@ class Worker:
             timeout = None if self.settings.stop_job_on_exit else _EXIT_DETACH_SECONDS
             if not self._slots.join(timeout):
                 log.warning("some jobs were still starting; they stay for the next worker start")
-        elif self.outbox.depth():
+        elif not self._slots.join(_EXIT_DETACH_SECONDS):
+            log.warning("containers of ended jobs not removed yet: the next worker start removes them")
+        if not self.stopping.is_set() and self.outbox.depth():
             # A planned exit (exit-after-job, SIGUSR1) waits until the backend has every status; a signal cuts it short.
             log.info("waiting for the backend to acknowledge %d status update(s)", self.outbox.depth())
             while not self.reporter.flush(1.0) and not self.stopping.is_set():

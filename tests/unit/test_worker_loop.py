@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 from fakes import Script
@@ -153,6 +154,36 @@ def test_jobs_back_to_back_ask_the_executor_if_it_is_up_once_per_poll_interval(r
     for job_id in "abc":
         rig.wait_status(job_id, "finished")
     assert rig.executor.pings == 1  # the jobs' own calls went through just before each next-job
+
+
+def slow_removal(rig: Rig) -> threading.Event:
+    """Container removal waits until the returned event is set."""
+    release, remove = threading.Event(), rig.executor.remove
+    rig.executor.remove = lambda job: (release.wait(5), remove(job))[-1]
+    return release
+
+
+def test_the_next_job_starts_while_the_last_ones_container_is_being_removed(rig: Rig) -> None:
+    release = slow_removal(rig)
+    rig.backend.submit("a")
+    rig.backend.submit("b")
+    rig.start()
+
+    rig.wait_status("b", "finished")
+    assert not any(container.removed for container in rig.executor.containers.values())
+    release.set()
+    wait_for(lambda: all(c.removed for c in rig.executor.containers.values()), 2, "both containers removed")
+
+
+def test_a_planned_exit_waits_until_the_last_container_is_removed(rig: Rig) -> None:
+    release = slow_removal(rig)
+    rig.backend.submit("a")
+    rig.start(exit_after_job=True)
+    rig.wait_status("a", "finished")
+    threading.Timer(0.2, release.set).start()
+
+    rig.wait_exit()
+    assert [container.removed for container in rig.executor.containers.values()] == [True]
 
 
 def test_a_backend_outage_is_waited_out_and_the_status_delivered(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
