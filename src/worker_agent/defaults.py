@@ -41,7 +41,7 @@ LOG_CHECKPOINT_SECONDS = 1.0
 # Cap of one job log file; past it one marker line is written and further output dropped.
 MAX_LOG_BYTES = 1024**3
 # Docker's own copy of a job's output (its `local` log, what a restarted worker catches up from) is bounded to this
-# many times MAX_LOG_BYTES, rotated over this many files: room for the JSON framing around each line.
+# many times MAX_LOG_BYTES, rotated over this many files: room for the framing Docker stores with each line.
 DOCKER_LOG_MAX_FACTOR = 2
 DOCKER_LOG_FILES = 4
 # Port of the worker's /metrics, /healthz and /readyz; 0 turns the endpoint off.
