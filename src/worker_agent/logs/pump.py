@@ -103,7 +103,7 @@ class LogPump:
         """
         # Replayed messages come one per frame, often a short line each: those of one stream are written
         # together (one masking pass, one write) until the stream changes, the source has no more at hand
-        # (READ_END), a batch is big, or a checkpoint is due. Messages not written yet are not counted yet.
+        # (READ_END) or a batch is big. Messages not written yet are not counted yet.
         batch: list[bytes] = []
         batch_stream, batch_bytes = STDOUT, 0
         for stream, frame in frames:
@@ -128,20 +128,17 @@ class LogPump:
             else:
                 batch.append(frame)
                 batch_stream, batch_bytes = stream, batch_bytes + len(frame)
-            if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
-                if batch:
-                    self._append(batch_stream, b"".join(batch), len(batch))
-                    batch, batch_bytes = [], 0
-                self._checkpoint()
         if batch:
             self._append(batch_stream, b"".join(batch), len(batch))
 
     def _append(self, stream: int, data: bytes, count: int) -> None:
-        """`count` whole messages of `stream`, masked, into the file."""
+        """`count` whole messages of `stream`, masked, into the file; a checkpoint when one is due."""
         if count:
             self._messages[stream] += count
             self._tails[stream] = _roll(self._tails[stream], data)
             self._write(self._maskers[stream].feed(data))
+        if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
+            self._checkpoint()
 
     def finish(self) -> None:
         """The job has ended and every frame was pumped: write what is held, and record it."""
