@@ -323,9 +323,7 @@ def _readopt_bound(readopt: Row) -> str:
         "bytes that the last checkpoint (every second, only where no secret masker holds bytes back) says are in the "
         "file, after cutting the file back to that checkpoint. Once the container has exited it reads the log once "
         "more without following (`follow=0`) from that checkpoint, because dockerd stops a followed read when the "
-        "container exits, however far behind the reader is. The replay comes one short line per frame; the worker "
-        "writes the frames of one network read together (one masking pass, one write), so the catch-up is bound "
-        "by how fast dockerd reads its own log back, as `docker logs -f` is."
+        "container exits, however far behind the reader is. Its speed is that of `docker logs -f`."
     )
     if not readopt["error"]:
         return how + " In this run every byte arrived once, in order."

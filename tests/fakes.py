@@ -17,7 +17,6 @@ import httpx
 
 from worker_agent.domain import JobHandle, JobSpec
 from worker_agent.executors.base import ExecutorError, ExecutorUnavailable, JobLost, StartCancelled
-from worker_agent.logs.messages import READ_END
 
 
 @dataclass
@@ -143,7 +142,6 @@ class FakeExecutor:
                 index = len(container.printed)
                 ended = container.exit_code is not None or not follow
             yield from frames
-            yield READ_END, b""  # all there is for now: a follow read would wait here
             if ended and index == len(container.printed):
                 return
 

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from worker_agent.domain import LogPosition
 from worker_agent.executors.docker import demux
 from worker_agent.logs.jobfiles import JobLog
-from worker_agent.logs.messages import READ_END
 from worker_agent.logs.pump import LOST_MARKER, STDERR, STDOUT, LogPump, ReplayShifted
 
 
@@ -23,8 +21,6 @@ def test_demux_splits_frames_across_arbitrary_blob_boundaries() -> None:
     raw = frame(1, b"out-1\n") + frame(2, b"err-1\n") + frame(1, b"") + frame(1, b"out-2")
     for cut in range(len(raw) + 1):
         assert list(demux([raw[:cut], raw[cut:]])) == [(1, b"out-1\n"), (2, b"err-1\n"), (1, b"out-2")]
-    marked = list(demux([raw[:20], raw[20:]], read_ends=True))
-    assert marked == [(1, b"out-1\n"), (READ_END, b""), (2, b"err-1\n"), (1, b"out-2"), (READ_END, b"")]
 
 
 def test_live_pump_writes_whole_messages_as_printed_and_checkpoints(tmp_path: Path) -> None:
@@ -39,28 +35,6 @@ def test_live_pump_writes_whole_messages_as_printed_and_checkpoints(tmp_path: Pa
     assert path.read_bytes() == b"caf\xc3\xa9 ok\nbad \xff byte\nno newline"
     last = checkpoints[-1]
     assert (last.stdout_messages, last.stderr_messages, last.file_size) == (2, 1, path.stat().st_size)
-
-
-def test_replayed_messages_are_written_together_and_at_latest_when_the_source_has_no_more_at_hand(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "job.log"
-    log = open_log(path)
-    checkpoints: list[LogPosition] = []
-    pump = LogPump(log, LogPosition(), raw=False, on_checkpoint=checkpoints.append, checkpoint_seconds=3600)
-
-    def replay() -> Iterator[tuple[int, bytes]]:
-        yield from [(STDOUT, b"o1\n"), (STDOUT, b"o2\n"), (STDERR, b"e1\n"), (STDOUT, b"o3\n")]
-        assert path.read_bytes() == b"o1\no2\ne1\n"  # batched, in order across the streams
-        yield READ_END, b""
-        assert path.read_bytes() == b"o1\no2\ne1\no3\n"  # the follow read waits: nothing is held back
-        yield STDOUT, b"o4\n"
-
-    pump.pump(replay())
-    pump.finish()
-    log.close()
-    assert path.read_bytes() == b"o1\no2\ne1\no3\no4\n"
-    assert (checkpoints[-1].stdout_messages, checkpoints[-1].stderr_messages) == (4, 1)
 
 
 def test_a_cut_stream_writes_nothing_it_holds(tmp_path: Path) -> None:

@@ -52,8 +52,7 @@ class Executor(Protocol):
         """(stream, bytes) frames until the job's output ends; stream 1 is stdout, 2 is stderr.
 
         `from_start` replays everything the job printed so far (used after a restart), then follows
-        the job unless `follow` is False. A replay of one message per frame (Docker's) yields
-        (READ_END, b"") whenever it has no more frames at hand: the log pump writes what it batched then.
+        the job unless `follow` is False.
         """
         ...
 

@@ -28,7 +28,7 @@ from worker_agent.executors.base import (
     JobLost,
     StartCancelled,
 )
-from worker_agent.logs.messages import READ_END, restore_newlines
+from worker_agent.logs.messages import restore_newlines
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,8 @@ def _engine(action: str) -> Iterator[None]:
         raise ExecutorUnavailable(f"{action}: Docker unreachable: {exc}") from None
 
 
-def demux(blobs: Iterable[bytes], read_ends: bool = False) -> Iterator[tuple[int, bytes]]:
-    """Split Docker's multiplexed stream (8-byte header: stream id, size) into (stream, bytes) frames; with
-    `read_ends`, a (READ_END, b"") frame after the frames of each blob.
+def demux(blobs: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Split Docker's multiplexed stream (8-byte header: stream id, size) into (stream, bytes) frames.
 
     Reads big blobs and slices frames out of them: far fewer system calls than a read per header.
     """
@@ -75,8 +74,6 @@ def demux(blobs: Iterable[bytes], read_ends: bool = False) -> Iterator[tuple[int
                 yield stream, bytes(buffer[offset + _HEADER.size : end])
             offset = end
         del buffer[:offset]
-        if read_ends:
-            yield READ_END, b""
 
 
 class DockerExecutor:
@@ -217,7 +214,7 @@ class DockerExecutor:
         frames: Iterable[tuple[int, bytes]]
         if response is None:
             response = self._logs(job.ref, follow)
-            frames = restore_newlines(_messages(demux(response.iter_content(chunk_size=None), read_ends=True)))
+            frames = restore_newlines(_messages(demux(response.iter_content(chunk_size=None))))
         else:
             frames = demux(_read_raw(response))
         try:
@@ -387,7 +384,7 @@ def effective_pull_policy(policy: str, image: str) -> str:
 def _messages(frames: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
     """Replayed frames without the timestamp each starts with ("2026-01-02T03:04:05.123456789Z ")."""
     for stream, frame in frames:
-        yield stream, frame[frame.index(b" ") + 1 :] if stream != READ_END else frame
+        yield stream, frame[frame.index(b" ") + 1 :]
 
 
 def _read_raw(response: Any) -> Iterator[bytes]:

@@ -17,9 +17,6 @@ from collections.abc import Iterable, Iterator
 
 # Docker's log copier buffer (daemon/logger/copier.go): a longer line is stored in pieces of this size.
 MESSAGE_BYTES = 16 * 1024
-# A frame (READ_END, b"") in a replay: the frames before it are all the source had at hand (one network read),
-# so a reader that batches them writes them now instead of waiting for more.
-READ_END = 0
 
 
 def count_messages(whole: bytes) -> int:
@@ -75,9 +72,6 @@ def restore_newlines(frames: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int,
     16 KiB: a message after a piece (16 KiB, no newline) that is shorter and has no newline ends its line."""
     after_piece = {1: False, 2: False}
     for stream, message in frames:
-        if stream == READ_END:
-            yield stream, message
-            continue
         if after_piece[stream] and len(message) < MESSAGE_BYTES and not message.endswith(b"\n"):
             message += b"\n"
         after_piece[stream] = len(message) == MESSAGE_BYTES and not message.endswith(b"\n")

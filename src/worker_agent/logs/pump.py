@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from worker_agent.domain import LogPosition
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.masking import MIN_SECRET_LENGTH, SECRET_MASK, SecretMasker
-from worker_agent.logs.messages import READ_END, MessageSplitter
+from worker_agent.logs.messages import MessageSplitter
 from worker_agent.ops import metrics
 
 STDOUT, STDERR = 1, 2
 _STREAMS = (STDOUT, STDERR)
 _TAIL_BYTES = 64  # what a resume point's digest covers: enough to tell one place in the output from another
-_BATCH_BYTES = 256 * 1024  # replayed messages written at once at most (about what one read gives)
 LOST_MARKER = (
     "output may be missing here: while no worker read it, the job printed more than Docker keeps of it "
     "(DOCKER_LOG_MAX_BYTES); the log goes on with the oldest output Docker still had"
@@ -101,22 +100,11 @@ class LogPump:
 
         Raises ReplayShifted when a replay reaches the resume point and the bytes before it differ.
         """
-        # Replayed messages come one per frame, often a short line each: those of one stream are written
-        # together (one masking pass, one write) until the stream changes, the source has no more at hand
-        # (READ_END) or a batch is big. Messages not written yet are not counted yet.
-        batch: list[bytes] = []
-        batch_stream, batch_bytes = STDOUT, 0
         for stream, frame in frames:
-            if batch and (stream != batch_stream or batch_bytes >= _BATCH_BYTES):
-                self._append(batch_stream, b"".join(batch), len(batch))
-                batch, batch_bytes = [], 0
-            if stream == READ_END:
-                continue
             if self._splitters is not None:
                 # Raw input replayed from its start (Slurm's output files) is never rotated: no check.
                 data, count, skipped = self._splitters[stream].feed(frame, self._skip[stream])
                 self._skip[stream] -= skipped  # raw input replayed from its start: the file has those
-                self._append(stream, data, count)
             elif self._skip[stream]:
                 self._skip[stream] -= 1  # a message the file already has
                 self._tails[stream] = _roll(self._tails[stream], frame)
@@ -126,19 +114,13 @@ class LogPump:
                     self._expected[stream] = ""  # found where the file stopped: the count holds from here
                 continue
             else:
-                batch.append(frame)
-                batch_stream, batch_bytes = stream, batch_bytes + len(frame)
-        if batch:
-            self._append(batch_stream, b"".join(batch), len(batch))
-
-    def _append(self, stream: int, data: bytes, count: int) -> None:
-        """`count` whole messages of `stream`, masked, into the file; a checkpoint when one is due."""
-        if count:
-            self._messages[stream] += count
-            self._tails[stream] = _roll(self._tails[stream], data)
-            self._write(self._maskers[stream].feed(data))
-        if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
-            self._checkpoint()
+                data, count = frame, 1
+            if count:
+                self._messages[stream] += count
+                self._tails[stream] = _roll(self._tails[stream], data)
+                self._write(self._maskers[stream].feed(data))
+            if self._clock() - self._last_checkpoint >= self._checkpoint_seconds:
+                self._checkpoint()
 
     def finish(self) -> None:
         """The job has ended and every frame was pumped: write what is held, and record it."""
@@ -168,7 +150,7 @@ class LogPump:
             stream: None if self._expected[stream] else wanted[stream] for stream in _STREAMS
         }
         for stream, frame in frames:
-            if stream == READ_END or not self._expected[stream] or seen[stream] >= wanted[stream]:
+            if not self._expected[stream] or seen[stream] >= wanted[stream]:
                 continue
             seen[stream] += 1
             tails[stream] = _roll(tails[stream], frame)
