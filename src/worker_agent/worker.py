@@ -265,7 +265,9 @@ class Worker:
     def _executor_ready(self) -> bool:
         # Asked at most once per poll interval: when jobs follow each other, a ping before every next-job
         # would be a Docker round trip on each job's way, just after the last job's own calls went through.
-        if time.monotonic() - self._executor_answered < self.settings.poll_interval:
+        # Not while anyone saw it down since (a job, a failed re-adoption): then it is asked at once.
+        recent = time.monotonic() - self._executor_answered < self.settings.poll_interval
+        if recent and self.health.executor_ok:
             return True
         try:
             self.health.executor_up(self.executor.ping())

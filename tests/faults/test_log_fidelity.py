@@ -4,7 +4,8 @@ The same job runs twice, once under a worker left alone and once under a worker 
 middle; both logs must be byte for byte the same, for output that Docker's copy does not replay as printed:
 a `\\r` progress bar of multi-byte characters with no newline for far more than 64 KiB (cut by Docker's
 16 KiB pieces inside characters; dockerd 20.10 replays its end without the newline), Latin-1 bytes,
-stdout/stderr interleaved, and a last line longer than 16 KiB with no newline. The two streams are printed
+stdout/stderr interleaved, a line of exactly 16 KiB (its replay ends with an empty message), and a last line
+longer than 16 KiB with no newline. The two streams are printed
 50 ms apart: Docker itself may store lines of two streams printed closer together in either order (more so
 on a loaded host), and the worker cannot know its order before it reads Docker's copy (docs/logs.md).
 """
@@ -34,6 +35,7 @@ printf '\\n'
 i=0; while [ $i -lt 60 ]; do
   printf 'tail %d \\351\\n' $i; usleep 50000; printf 'tail-err %d\\n' $i >&2; i=$((i+1)); usleep 15000
 done
+head -c 16384 /dev/zero | tr '\\0' k; echo
 head -c 20000 /dev/zero | tr '\\0' z
 """
 
@@ -66,9 +68,9 @@ def test_a_log_resumed_after_kill_9_is_byte_identical(
     uninterrupted = run_to_end(devserver, make_worker, None)
     resumed = run_to_end(devserver, make_worker, moment)
 
-    assert b"bar-start\n" in uninterrupted and uninterrupted.count(b"\n") == 60 * 2 + 2 + 60 * 2 + 1
+    assert b"bar-start\n" in uninterrupted and uninterrupted.count(b"\n") == 60 * 2 + 2 + 60 * 2 + 2
     assert b"caf\xe9 na\xefve \xe2\x82\xac\n" in uninterrupted  # bytes that are not UTF-8, as printed
-    assert uninterrupted.endswith(b"\n" + b"z" * 20000 + b"\n")  # a long last line always ends with a newline
+    assert uninterrupted.endswith(b"\n" + b"k" * 16384 + b"\n" + b"z" * 20000 + b"\n")  # a long last line: newline
     assert resumed == uninterrupted
 
 

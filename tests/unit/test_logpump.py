@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from worker_agent.domain import LogPosition
-from worker_agent.executors.docker import demux
+from worker_agent.executors.docker import _messages, demux
 from worker_agent.logs.jobfiles import JobLog
 from worker_agent.logs.pump import LOST_MARKER, STDERR, STDOUT, LogPump, ReplayShifted
 
@@ -21,6 +21,11 @@ def test_demux_splits_frames_across_arbitrary_blob_boundaries() -> None:
     raw = frame(1, b"out-1\n") + frame(2, b"err-1\n") + frame(1, b"") + frame(1, b"out-2")
     for cut in range(len(raw) + 1):
         assert list(demux([raw[:cut], raw[cut:]])) == [(1, b"out-1\n"), (2, b"err-1\n"), (1, b"out-2")]
+
+
+def test_replayed_frames_lose_their_timestamp_only() -> None:
+    frames = [(1, b"2026-11-29T10:47:07.421264616Z a b\n"), (2, b"2026-11-29T10:47:07.421264617Z ")]
+    assert list(_messages(frames)) == [(1, b"a b\n"), (2, b"")]
 
 
 def test_live_pump_writes_whole_messages_as_printed_and_checkpoints(tmp_path: Path) -> None:

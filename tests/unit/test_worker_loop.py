@@ -156,6 +156,23 @@ def test_jobs_back_to_back_ask_the_executor_if_it_is_up_once_per_poll_interval(r
     assert rig.executor.pings == 1  # the jobs' own calls went through just before each next-job
 
 
+def test_docker_gone_right_after_a_ping_is_asked_again_not_hammered(rig: Rig) -> None:
+    ping, calls = rig.executor.ping, []
+
+    def ping_then_go_away() -> str:
+        version = ping()
+        rig.executor.available = False  # dockerd restarts just after answering
+        return version
+
+    rig.executor.ping = ping_then_go_away  # type: ignore[method-assign]
+    find_owned = rig.executor.find_owned
+    rig.executor.find_owned = lambda worker_id: (calls.append(1), find_owned(worker_id))[-1]  # type: ignore[method-assign]
+    rig.start(poll_interval=30)
+    wait_for(lambda: rig.executor.pings >= 2, 2, "a second ping")
+
+    assert len(calls) == 1  # the failed re-adoption voids the last answer: the next turn pings (and backs off)
+
+
 def slow_removal(rig: Rig) -> threading.Event:
     """Container removal waits until the returned event is set."""
     release, remove = threading.Event(), rig.executor.remove
