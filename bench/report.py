@@ -297,8 +297,9 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         "reads the file every 1 ms, which adds up to 1 ms. `docker logs -f` has to wait for dockerd to notice "
         "the json-file grew, read and decode it, which shows in its tail.",
         f"- **Job turnaround** ({w_job * 1000:.0f} ms/job against {c_job * 1000:.0f} ms for `docker run --rm`) "
-        "is bound by Docker's container create/start/remove, which both sides pay, plus the worker's own steps "
-        "per job: `next-job` POST, image inspect, create, attach, start, inspect for the exit code, force-remove, "
+        "is bound by Docker's container create/start, which both sides pay, plus the worker's own steps per job: "
+        "`next-job` POST, image inspect, create, attach, start, inspect for the exit code (force-remove once the "
+        "slot is free, while the next job starts; `docker run --rm` waits for it), "
         "two fsync'd outbox entries (`running`, `finished`) and two fsync'd job records, a `GET /version` ping "
         "(at most once per POLL_INTERVAL) and "
         "two heartbeats (`beat_now` before and after each job). POLL_INTERVAL matters only once per batch: after "
@@ -604,8 +605,9 @@ def _phases(turn: list[Row]) -> list[str]:
         "",
         "From the backend's clock (when each report arrived), medians over the turnaround jobs: accepting (the "
         "`setup` report), log file, image inspect, create, attach, start (`running`), the job itself, wait, inspect "
-        "and the `finished` report, then removal, records, heartbeat and the next `next-job` call before the next "
-        "dispatch. Reports travel through the outbox, so each step ends when its report reached the backend. "
+        "and the `finished` report, then a heartbeat and the next `next-job` call before the next dispatch (the "
+        "container is removed meanwhile, after the slot is free: `docker run --rm` waits for its removal). "
+        "Reports travel through the outbox, so each step ends when its report reached the backend. "
         f"A `docker run --rm` of the same job took {c_job * 1000:.0f} ms in this run.",
         "",
         "| step | median |",
