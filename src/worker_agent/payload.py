@@ -371,13 +371,17 @@ def _absolute_path(value: str) -> str:
     path = PurePosixPath(value)
     if not path.is_absolute() or ".." in path.parts:
         raise ValueError("must be an absolute path without '..'")
-    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+    if _has_long_component(path):
         raise ValueError(f"has a path component longer than {MAX_NAME_BYTES} bytes")
     return posixpath.normpath(value).replace("//", "/")
 
 
+def _has_long_component(path: PurePosixPath) -> bool:
+    return any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts)
+
+
 def _safe_job_id(value: str) -> str:
-    if not JOB_ID_PATTERN.fullmatch(value) or ".." in value:
+    if usable_job_id(value) is None:
         raise ValueError("job_id must be 1-128 of [A-Za-z0-9_.-], start alphanumeric, no '..'")
     return value
 
@@ -386,7 +390,7 @@ def _relative_path(value: str) -> str:
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts or not path.parts or value.endswith("/"):
         raise ValueError("config_path must be a file path relative to the shared root, without '..'")
-    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+    if _has_long_component(path):
         raise ValueError(f"config_path has a component longer than {MAX_NAME_BYTES} bytes")
     return value
 
