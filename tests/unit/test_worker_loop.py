@@ -64,6 +64,18 @@ def test_heartbeat_lists_every_active_job(rig: Rig) -> None:
     assert all(job["container_name"] and job["started_at"] for job in info["active_jobs"])
 
 
+def test_jobs_that_follow_each_other_share_heartbeats(rig: Rig) -> None:
+    for job_id in "abcd":
+        rig.backend.submit(job_id)
+    rig.start(heartbeat_interval=30)
+    for job_id in "abcd":
+        rig.wait_status(job_id, "finished")
+    wait_for(lambda: rig.backend.heartbeats[-1]["last_job_id"] == "d", 3, "a heartbeat after the last job")
+
+    # The one at start, then at most one a second however many jobs start and end (each asks for one at once).
+    assert len(rig.backend.heartbeats) <= 3
+
+
 def test_shutdown_detaches_every_job_and_the_next_start_readopts_them(rig: Rig) -> None:
     rig.executor.default = Script(frames=[(1, b"before\n")], runs_until_stopped=True)
     for job_id in ("a", "b", "c"):

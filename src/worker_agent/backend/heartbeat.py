@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +14,10 @@ from worker_agent.backoff import Outage
 from worker_agent.health import Health, keep_running
 
 log = logging.getLogger(__name__)
+
+# Beats asked for at once (a job started or ended) go out at most this often: jobs that follow each other
+# share one instead of sending two each, which the backend would serve alongside their next-job calls.
+_MIN_GAP_SECONDS = 1.0
 
 
 class Heartbeat:
@@ -25,15 +31,20 @@ class Heartbeat:
         self._outage = Outage("backend (heartbeat)", log)
         self._wake = threading.Event()
         self._refused = False  # the last heartbeat got a 400: logged once, with the fix
+        self._sent_at = -math.inf
 
     def beat_now(self) -> None:
-        """Send the next heartbeat at once (e.g. when the worker starts draining or a job starts)."""
+        """Send the next heartbeat now, or a second after the last (e.g. when the worker drains, a job starts)."""
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
         keep_running("heartbeat", self._turn, stop, self._health, log, wake=self._wake)
 
     def _turn(self) -> float:
+        too_soon = self._sent_at + min(_MIN_GAP_SECONDS, self._interval) - time.monotonic()
+        if too_soon > 0:
+            return too_soon
+        self._sent_at = time.monotonic()
         try:
             self.send()
         except Rejected as exc:
