@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,7 @@ class FakeContainer:
 
 class FakeExecutor:
     name = "fake"
+    answered_at = -math.inf
 
     def __init__(self) -> None:
         self.scripts: dict[str, Script] = {}
@@ -147,6 +150,7 @@ class FakeExecutor:
 
     def exit_code(self, job: JobHandle) -> int | None:
         self._reachable()
+        self.answered_at = time.monotonic()
         return self._get(job).exit_code
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:

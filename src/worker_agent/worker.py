@@ -263,10 +263,11 @@ class Worker:
     # --- health of what the worker depends on ---
 
     def _executor_ready(self) -> bool:
-        # Asked at most once per poll interval: when jobs follow each other, a ping before every next-job
-        # would be a Docker round trip on each job's way, just after the last job's own calls went through.
+        # Asked at most once per poll interval, and not after a job's exit check just got an answer: when jobs
+        # follow each other, a ping before every next-job would be a Docker round trip on each job's way.
         # Not while anyone saw it down since (a job, a failed re-adoption): then it is asked at once.
-        recent = time.monotonic() - self._executor_answered < self.settings.poll_interval
+        answered = max(self._executor_answered, self.executor.answered_at)
+        recent = time.monotonic() - answered < self.settings.poll_interval
         if recent and self.health.executor_ok:
             return True
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 from fakes import Script
@@ -166,6 +167,20 @@ def test_jobs_back_to_back_ask_the_executor_if_it_is_up_once_per_poll_interval(r
     for job_id in "abc":
         rig.wait_status(job_id, "finished")
     assert rig.executor.pings == 1  # the jobs' own calls went through just before each next-job
+
+
+def test_a_job_whose_end_the_executor_just_told_stands_for_a_ping(rig: Rig) -> None:
+    rig.executor.default = Script(runs_until_stopped=True)
+    for job_id in "ab":
+        rig.backend.submit(job_id)
+    rig.start(poll_interval=0.1)
+    rig.wait_status("a", "running")
+    time.sleep(0.3)  # the last ping is older than the poll interval now
+    pings = rig.executor.pings
+    rig.executor.exit("a", 0)
+    rig.wait_status("b", "running")
+
+    assert rig.executor.pings == pings  # the exit check of a answered just before the next-job that gave b
 
 
 def test_docker_gone_right_after_a_ping_is_asked_again_not_hammered(rig: Rig) -> None:

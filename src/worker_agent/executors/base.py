@@ -31,6 +31,9 @@ class ExecutorUnavailable(Exception):
 
 class Executor(Protocol):
     name: str
+    # When a job's exit check last got an answer (time.monotonic(), -inf for none): the worker's loop
+    # takes it for a ping, so that jobs following each other do not wait for one.
+    answered_at: float
 
     def ping(self) -> str:
         """The executor's version; raises ExecutorUnavailable when it cannot be reached."""

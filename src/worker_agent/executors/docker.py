@@ -7,6 +7,7 @@ import dataclasses
 import fnmatch
 import functools
 import logging
+import math
 import struct
 import threading
 import time
@@ -78,6 +79,7 @@ def demux(blobs: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
 
 class DockerExecutor:
     name = "docker"
+    answered_at = -math.inf
 
     def __init__(
         self,
@@ -227,6 +229,7 @@ class DockerExecutor:
     def exit_code(self, job: JobHandle) -> int | None:
         with _engine(f"inspect {job.name}"):
             state = self._api.inspect_container(job.ref)["State"]
+        self.answered_at = time.monotonic()
         if state.get("Status") == "created":
             # Never started: it would never exit either (re-adoption starts or removes such containers).
             raise JobLost(f"container {job.name} was created but never started")

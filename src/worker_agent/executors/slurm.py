@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -76,6 +77,7 @@ _ARTIFACTS = ("results", "progress")
 
 class SlurmExecutor:
     name = "slurm"
+    answered_at = -math.inf  # not kept: the controller is asked once per poll interval, as before
     # output(from_start=True) replays the job's raw bytes as it printed them, not Docker's log messages:
     # a catch-up after a restart splits them into messages the same way as the live read does.
     replay_is_raw = True
