@@ -45,6 +45,22 @@ def test_job_exiting_3_is_failed_with_exit_code(devserver: Devserver, make_worke
     assert "about to fail" in devserver.log_file(job_id).read_text()
 
 
+def test_how_a_job_ended_comes_from_docker_oom_kill_and_image_included(
+    devserver: Devserver, make_worker: Make, docker_client: docker.DockerClient
+) -> None:
+    hog = devserver.submit(image="opeva-test-busybox:latest", command=sh("dd if=/dev/zero of=/dev/null bs=64M count=1"))
+    fine = devserver.submit(image="opeva-test-busybox:latest", command=sh("true"))
+    worker = make_worker({"JOB_MEMORY": "16m"}).start()
+
+    devserver.wait_status(fine, {"finished"})
+    record = devserver.job(hog)
+    assert (record["status"], record["error_code"], record["exit_code"]) == ("failed", "oom_killed", 137)
+    image_id = docker_client.images.get("opeva-test-busybox:latest").id
+    assert devserver.job(fine)["details"]["image_id"] == record["details"]["image_id"] == image_id
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+
+
 def test_missing_image_fails_the_job_with_reason_and_worker_goes_on(devserver: Devserver, make_worker: Make) -> None:
     # Port 1 on loopback refuses at once: the image is neither present nor pullable.
     missing = devserver.submit(image="127.0.0.1:1/opeva-test-missing:1", command=sh("true"))

@@ -77,6 +77,10 @@ def demux(blobs: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         del buffer[:offset]
 
 
+class _ImageMissing(ImageUnavailable):
+    """Create found no such image: pulled (or refused, by IMAGE_PULL_POLICY=never) before trying again."""
+
+
 class DockerExecutor:
     name = "docker"
     answered_at = -math.inf
@@ -100,12 +104,17 @@ class DockerExecutor:
         self._client = client
         self._timeout = timeout
         self._attached: dict[str, Any] = {}
+        self._ended: dict[str, dict[str, Any]] = {}  # end details seen by exit_code, until end_details asks
 
     @property
     def _api(self) -> docker.APIClient:
         if self._client is None:
             with _engine("connect"):
                 self._client = docker.from_env(timeout=int(self._timeout))
+            if self._client.api.base_url.startswith("http+docker://"):
+                # Else requests looks up proxy variables and ~/.netrc before each call (a twelfth of the
+                # worker's CPU when jobs follow each other), and neither applies to a local socket.
+                self._client.api.trust_env = False
         return self._client.api
 
     def ping(self) -> str:
@@ -119,13 +128,23 @@ class DockerExecutor:
         cancel: threading.Event | None = None,
     ) -> JobHandle:
         cancel = cancel or threading.Event()
-        self._ensure_image(spec.image, progress, cancel)
+        if effective_pull_policy(self._pull_policy, spec.image) == "always":
+            self._ensure_image(spec.image, progress, cancel)
+        try:
+            return self._create_and_start(spec, progress, cancel)
+        except _ImageMissing:
+            # Looked for only when create says it is missing, as `docker run` does: asking Docker before
+            # each create would put one more round trip on every job's way.
+            self._ensure_image(spec.image, progress, cancel)
+        return self._create_and_start(spec, progress, cancel)
+
+    def _create_and_start(self, spec: JobSpec, progress: Callable[[str], None], cancel: threading.Event) -> JobHandle:
         if cancel.is_set():
             raise StartCancelled("the worker is shutting down; the container was not created")
         try:
             return self._start(spec)
         except ExecutorError as exc:
-            if not spec.gpus:
+            if not spec.gpus or isinstance(exc, _ImageMissing):
                 raise
             # A host without the NVIDIA runtime refuses GPU requests: run the job on the CPU instead.
             progress(f"GPU request refused ({exc}); retrying once without GPUs")
@@ -167,6 +186,8 @@ class DockerExecutor:
             )
             try:
                 created = create()
+            except docker.errors.ImageNotFound:
+                raise _ImageMissing(f"image {spec.image} is not present") from None
             except docker.errors.APIError as exc:
                 if exc.status_code != 409 or not self._clear_name_of_same_job(spec):
                     raise
@@ -203,9 +224,10 @@ class DockerExecutor:
             time.sleep(1.0)
 
     def end_details(self, job: JobHandle) -> dict[str, Any]:
+        if (seen := self._ended.pop(job.ref, None)) is not None:
+            return seen
         with _engine(f"inspect {job.name}"):
-            details = self._api.inspect_container(job.ref)
-        return {"oom_killed": bool(details["State"].get("OOMKilled")), "image_id": details.get("Image")}
+            return _end_details(self._api.inspect_container(job.ref))
 
     def start_created(self, job: JobHandle) -> None:
         with _engine(f"start container {job.name}"):
@@ -228,13 +250,15 @@ class DockerExecutor:
 
     def exit_code(self, job: JobHandle) -> int | None:
         with _engine(f"inspect {job.name}"):
-            state = self._api.inspect_container(job.ref)["State"]
+            details = self._api.inspect_container(job.ref)
         self.answered_at = time.monotonic()
+        state = details["State"]
         if state.get("Status") == "created":
             # Never started: it would never exit either (re-adoption starts or removes such containers).
             raise JobLost(f"container {job.name} was created but never started")
         if state.get("Running") or state.get("Status") == "restarting":
             return None
+        self._ended[job.ref] = _end_details(details)  # end_details comes next: no second round trip
         return int(state.get("ExitCode", -1))
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:
@@ -244,6 +268,7 @@ class DockerExecutor:
 
     def remove(self, job: JobHandle) -> None:
         self._close_attached(job.ref)
+        self._ended.pop(job.ref, None)
         with contextlib.suppress(JobLost), _engine(f"remove {job.name}"):
             self._api.remove_container(job.ref, force=True)
 
@@ -407,3 +432,7 @@ def _split_reference(image: str) -> tuple[str, str | None]:
         repository, tag = image.rsplit(":", 1)
         return repository, tag
     return image, "latest"
+
+
+def _end_details(inspected: dict[str, Any]) -> dict[str, Any]:
+    return {"oom_killed": bool(inspected["State"].get("OOMKilled")), "image_id": inspected.get("Image")}
