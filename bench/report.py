@@ -298,12 +298,15 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         "the json-file grew, read and decode it, which shows in its tail.",
         f"- **Job turnaround** ({w_job * 1000:.0f} ms/job against {c_job * 1000:.0f} ms for `docker run --rm`) "
         "is bound by Docker's container create/start, which both sides pay, plus the worker's own steps per job: "
-        "`next-job` POST, image inspect, create, attach, start, inspect for the exit code (force-remove once the "
+        "`next-job` POST, create (the image is looked for only when create finds it missing, as `docker run` "
+        "does), attach, start, one inspect for the exit code and how the job ended (force-remove once the "
         "slot is free, while the next job starts; `docker run --rm` waits for it), "
-        "two fsync'd outbox entries (`running`, `finished`) and two fsync'd job records, a `GET /version` ping "
-        "(at most once per POLL_INTERVAL) and "
-        "two heartbeats (`beat_now` before and after each job). POLL_INTERVAL matters only once per batch: after "
-        "a job ends the worker polls again at once.",
+        "three fsync'd outbox entries (`setup`, `running`, `finished`) and three fsync'd job records. No Docker "
+        "ping while jobs follow each other (the last job's exit inspect stands for one), and at most one "
+        "heartbeat a second, on its own thread. POLL_INTERVAL matters only once per batch: after "
+        "a job ends the worker polls again at once. The batch ends when the backend received the last "
+        "`finished`; the bench looks at the backend only every 0.5 s, since on these 2 cores its own requests "
+        "took CPU that Docker then lacked (a `docker run` loop has no onlooker).",
         "- **Stop latency** is bound by STATUS_POLL_INTERVAL: the worker learns of `POST /stop` only at its next "
         "`GET /status`, on average half an interval later (uniform, worst case one interval), then pays "
         "`docker stop` (the job exits on SIGTERM here), a force-remove and the `stopped` report. The bench posts "
@@ -604,8 +607,8 @@ def _phases(turn: list[Row]) -> list[str]:
         "## Where a worker job's turnaround goes",
         "",
         "From the backend's clock (when each report arrived), medians over the turnaround jobs: accepting (the "
-        "`setup` report), log file, image inspect, create, attach, start (`running`), the job itself, wait, inspect "
-        "and the `finished` report, then a heartbeat and the next `next-job` call before the next dispatch (the "
+        "`setup` report), log file, create, attach, start (`running`), the job itself, wait, inspect "
+        "and the `finished` report, then the next `next-job` call before the next dispatch (the "
         "container is removed meanwhile, after the slot is free: `docker run --rm` waits for its removal). "
         "Reports travel through the outbox, so each step ends when its report reached the backend. "
         f"A `docker run --rm` of the same job took {c_job * 1000:.0f} ms in this run.",
