@@ -62,6 +62,15 @@ class Rig:
             self.worker.shutdown()
             self.wait_exit()
 
+    def run_jobs(self, job_ids: str, status: str, **settings: Any) -> Worker:
+        """Submit one job per letter of `job_ids`, start the worker, return once each job reached `status`."""
+        for job_id in job_ids:
+            self.backend.submit(job_id)
+        worker = self.start(**settings)
+        for job_id in job_ids:
+            self.wait_status(job_id, status)
+        return worker
+
     def wait_status(self, job_id: str, *statuses: str, timeout: float = 5) -> str:
         return str(
             wait_for(

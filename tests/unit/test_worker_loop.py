@@ -34,11 +34,7 @@ def _finished(rig: Rig) -> int:
 
 def test_a_stop_request_hits_only_its_job(rig: Rig) -> None:
     rig.executor.default = Script(runs_until_stopped=True)
-    for job_id in ("a", "b", "c"):
-        rig.backend.submit(job_id)
-    rig.start(max_active_jobs=3)
-    for job_id in ("a", "b", "c"):
-        rig.wait_status(job_id, "running")
+    rig.run_jobs("abc", "running", max_active_jobs=3)
 
     rig.backend.set_status("b", "stop_requested")
 
@@ -66,11 +62,7 @@ def test_heartbeat_lists_every_active_job(rig: Rig) -> None:
 
 
 def test_jobs_that_follow_each_other_share_heartbeats(rig: Rig) -> None:
-    for job_id in "abcd":
-        rig.backend.submit(job_id)
-    rig.start(heartbeat_interval=30)
-    for job_id in "abcd":
-        rig.wait_status(job_id, "finished")
+    rig.run_jobs("abcd", "finished", heartbeat_interval=30)
     wait_for(lambda: rig.backend.heartbeats[-1]["last_job_id"] == "d", 3, "a heartbeat after the last job")
 
     # The one at start, then at most one a second however many jobs start and end (each asks for one at once).
@@ -79,11 +71,7 @@ def test_jobs_that_follow_each_other_share_heartbeats(rig: Rig) -> None:
 
 def test_shutdown_detaches_every_job_and_the_next_start_readopts_them(rig: Rig) -> None:
     rig.executor.default = Script(frames=[(1, b"before\n")], runs_until_stopped=True)
-    for job_id in ("a", "b", "c"):
-        rig.backend.submit(job_id)
-    worker = rig.start(max_active_jobs=3)
-    for job_id in ("a", "b", "c"):
-        rig.wait_status(job_id, "running")
+    worker = rig.run_jobs("abc", "running", max_active_jobs=3)
 
     worker.shutdown()
     rig.wait_exit(timeout=5)
@@ -160,12 +148,8 @@ def test_no_job_is_taken_while_the_executor_is_down(rig: Rig, caplog: pytest.Log
 
 
 def test_jobs_back_to_back_ask_the_executor_if_it_is_up_once_per_poll_interval(rig: Rig) -> None:
-    for job_id in "abc":
-        rig.backend.submit(job_id)
-    rig.start(poll_interval=30)
+    rig.run_jobs("abc", "finished", poll_interval=30)
 
-    for job_id in "abc":
-        rig.wait_status(job_id, "finished")
     assert rig.executor.pings == 1  # the jobs' own calls went through just before each next-job
 
 
