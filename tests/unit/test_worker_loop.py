@@ -157,9 +157,9 @@ def test_a_job_whose_end_the_executor_just_told_stands_for_a_ping(rig: Rig) -> N
     rig.executor.default = Script(runs_until_stopped=True)
     for job_id in "ab":
         rig.backend.submit(job_id)
-    rig.start(poll_interval=0.1)
+    rig.start(poll_interval=0.5)  # a's end to the next turn of the loop well within it, even on a busy runner
     rig.wait_status("a", "running")
-    time.sleep(0.3)  # the last ping is older than the poll interval now
+    time.sleep(0.6)  # the last ping is older than the poll interval now
     pings = rig.executor.pings
     rig.executor.exit("a", 0)
     rig.wait_status("b", "running")

@@ -186,8 +186,8 @@ class DockerExecutor:
             )
             try:
                 created = create()
-            except docker.errors.ImageNotFound:
-                raise _ImageMissing(f"image {spec.image} is not present") from None
+            except docker.errors.ImageNotFound as exc:
+                raise _ImageMissing(f"image {spec.image} is not present: {exc.explanation or exc}") from None
             except docker.errors.APIError as exc:
                 if exc.status_code != 409 or not self._clear_name_of_same_job(spec):
                     raise
