@@ -120,7 +120,8 @@ def test_output_without_newlines_reaches_the_file_per_16_kib_and_at_the_end(
     worker = make_worker({"STOP_GRACE_PERIOD": "1"}).start()
     log = devserver.log_file(job_id)
     wait_for(lambda: log.exists() and log.stat().st_size == 16384, 20, "the first 16 KiB piece")
-    assert log.read_bytes().startswith(b"no-newline-1xxx") and devserver.status(job_id) == "running"
+    assert log.read_bytes().startswith(b"no-newline-1xxx")
+    devserver.wait_status(job_id, {"running"})  # its report may still be on its way: statuses go out on their own
     devserver.stop_job(job_id)
     devserver.wait_status(job_id, {"stopped"}, timeout=30)
     # The rest arrives at the job's end, bytes as printed; the line is longer than 16 KiB, so it ends with a
