@@ -299,14 +299,15 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         f"- **Job turnaround** ({w_job * 1000:.0f} ms/job against {c_job * 1000:.0f} ms for `docker run --rm`) "
         "is bound by Docker's container create/start, which both sides pay, plus the worker's own steps per job: "
         "`next-job` POST, create (the image is looked for only when create finds it missing, as `docker run` "
-        "does), attach, start, one inspect for the exit code and how the job ended (force-remove once the "
-        "slot is free, while the next job starts; `docker run --rm` waits for it), "
+        "does), attach, start, one inspect for the exit code and how the job ended (the slot is free once it "
+        "answered; the end's report and the force-remove happen while the next job starts; `docker run --rm` "
+        "waits for its removal), "
         "three fsync'd outbox entries (`setup`, `running`, `finished`) and three fsync'd job records. No Docker "
         "ping while jobs follow each other (the last job's exit inspect stands for one), and at most one "
-        "heartbeat a second, on its own thread. POLL_INTERVAL matters only once per batch: after "
-        "a job ends the worker polls again at once. The batch ends when the backend received the last "
-        "`finished`; the bench looks at the backend only every 0.5 s, since on these 2 cores its own requests "
-        "took CPU that Docker then lacked (a `docker run` loop has no onlooker).",
+        "heartbeat a second, on its own thread. POLL_INTERVAL matters only once per batch (the first "
+        "pickup, below): after a job ends the worker polls again at once. The batch ends when the backend "
+        "received the last `finished`; the bench looks at the backend only every 0.5 s, since on these 2 "
+        "cores its own requests took CPU that Docker then lacked (a `docker run` loop has no onlooker).",
         "- **Stop latency** is bound by STATUS_POLL_INTERVAL: the worker learns of `POST /stop` only at its next "
         "`GET /status`, on average half an interval later (uniform, worst case one interval), then pays "
         "`docker stop` (the job exits on SIGTERM here), a force-remove and the `stopped` report. The bench posts "
@@ -601,15 +602,16 @@ def _phases(turn: list[Row]) -> list[str]:
     rows = [row for row in turn if row.get("phases")]
     if not rows:
         return []
-    names = sorted({name for row in rows for name in row["phases"]}, key=_PHASE_ORDER.index)
+    names = sorted({name for row in rows for name in row["phases"]} & set(_PHASE_ORDER), key=_PHASE_ORDER.index)
     c_job = _med(turn, "docker run --rm", "per_job_s")
     lines = [
         "## Where a worker job's turnaround goes",
         "",
         "From the backend's clock (when each report arrived), medians over the turnaround jobs: accepting (the "
         "`setup` report), log file, create, attach, start (`running`), the job itself, wait, inspect "
-        "and the `finished` report, then the next `next-job` call before the next dispatch (the "
-        "container is removed meanwhile, after the slot is free: `docker run --rm` waits for its removal). "
+        "and the `finished` report, then the next `next-job` call before the next dispatch (the slot is free "
+        "once the exit code is known; the end is reported and the container removed meanwhile: `docker run "
+        "--rm` waits for its removal). "
         "Reports travel through the outbox, so each step ends when its report reached the backend. "
         f"A `docker run --rm` of the same job took {c_job * 1000:.0f} ms in this run.",
         "",
@@ -622,6 +624,15 @@ def _phases(turn: list[Row]) -> list[str]:
         total += value
         lines.append(f"| {name} | {value * 1000:.0f} ms |")
     lines += [f"| sum | {total * 1000:.0f} ms |", ""]
+    pickups = [row["phases"]["first pickup"] for row in rows if "first pickup" in row["phases"]]
+    if pickups:
+        jobs = median([row["jobs"] for row in rows])
+        lines += [
+            f"Once per batch the first job waits in the queue for the worker's next poll (0 to POLL_INTERVAL): "
+            f"created -> dispatched {median(pickups) * 1000:.0f} ms, median of the repeats, which is "
+            f"{median(pickups) / jobs * 1000:.0f} ms of the per-job figure over {jobs:.0f} jobs.",
+            "",
+        ]
     return lines
 
 

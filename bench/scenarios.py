@@ -631,7 +631,11 @@ def _phases(jobs: list[Row]) -> dict[str, float]:
     for spans in ends.values():
         spans.sort()
         steps["finished -> next dispatched"] += [b[0] - a[1] for a, b in itertools.pairwise(spans)]
-    return {name: tools.median(values) for name, values in steps.items()}
+    phases = {name: tools.median(values) for name, values in steps.items()}
+    if firsts := [span[0] for spans in ends.values() for span in spans]:
+        # Once per batch, not per job: the first job waits for the worker's next poll.
+        phases["first pickup"] = min(firsts) - min(float(job["created_at"]) for job in jobs)
+    return phases
 
 
 def _fleet_figures(jobs: list[Row]) -> Row:

@@ -71,6 +71,7 @@ class JobContext:
     health: Health
     shutdown: threading.Event  # SIGTERM/SIGINT: detach (or stop, with WORKER_STOP_JOB_ON_EXIT) and leave
     clock: Callable[[], float] = time.time  # wall time: JOB_TIMEOUT counts from the job's start across restarts
+    exited: Callable[[], None] = lambda: None  # a job's exit code is known: its slot is free (wakes the loop)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class JobRun:
         self._queue_seen: dict[str, Any] | None = None  # the pending reason and queue position last reported
         self._fail_reason: str | None = None  # the container vanished under the job
         self._ended = False  # the job ended and was reported: its container is removed by clean_up()
+        self.exited = False  # its exit code is known: it no longer takes a slot
         self._lost: str | None = None  # why this worker no longer owns the job (set from any thread)
         self.attempt_number = attempt_number
         self._attempt_token = attempt_token
@@ -341,6 +343,8 @@ class JobRun:
             if self._pump_state.ended.is_set():
                 code = self._settle()
                 if code is not None:
+                    self.exited = True
+                    self.ctx.exited()
                     return self._finish(code)
             if self.ctx.shutdown.is_set():
                 if not settings.stop_job_on_exit:

@@ -42,8 +42,8 @@ _EXIT_FLUSH_SECONDS = 2.5
 class _Slots:
     """The jobs in hand, one thread each; `changed` is set whenever one ends.
 
-    A slot is free once its job's end is reported; the thread then removes the job's container (Docker takes
-    tens of milliseconds) while the next job starts."""
+    A slot is free once its job's exit code is known: the next job starts while the thread records and reports
+    the end (fsyncs, a few milliseconds) and removes the container (Docker takes tens of milliseconds)."""
 
     def __init__(self, limit: int, changed: threading.Event) -> None:
         self.limit = limit
@@ -95,7 +95,7 @@ class _Slots:
     @property
     def free(self) -> int:
         with self._lock:
-            return self.limit - len(self._runs)
+            return self.limit - sum(not run.exited for run, _ in self._runs.values())
 
     def join(self, timeout: float | None) -> bool:
         """Wait for every slot to end and every container of an ended job to be removed; False when `timeout`
@@ -132,7 +132,14 @@ class Worker:
         self._threads_stop = threading.Event()
         self._slots = _Slots(settings.max_active_jobs, self._wake)
         self._ctx = JobContext(
-            settings, self.executor, self.backend, self.reporter, self.state, self.health, self.stopping
+            settings,
+            self.executor,
+            self.backend,
+            self.reporter,
+            self.state,
+            self.health,
+            self.stopping,
+            exited=self._wake.set,
         )
         self._backend_outage = Outage("backend", log)
         self._executor_outage = Outage(f"executor ({self.executor.name})", log)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from fakes import Script
 from harness import wait_for
 from rig import Rig
+
+from worker_agent.domain import JobHandle, JobSpec
 
 
 def test_never_more_jobs_at_once_than_slots_and_all_finish(rig: Rig) -> None:
@@ -201,6 +204,26 @@ def test_the_next_job_starts_while_the_last_ones_container_is_being_removed(rig:
     assert not any(container.removed for container in rig.executor.containers.values())
     release.set()
     wait_for(lambda: all(c.removed for c in rig.executor.containers.values()), 2, "both containers removed")
+
+
+def test_the_next_job_is_taken_once_the_last_ones_exit_code_is_known(rig: Rig) -> None:
+    b_started, start, end_details = threading.Event(), rig.executor.start, rig.executor.end_details
+
+    def start_and_tell(spec: JobSpec, progress: Callable[[str], None], cancel: threading.Event) -> JobHandle:
+        handle = start(spec, progress, cancel)
+        if spec.job_id == "b":
+            b_started.set()
+        return handle
+
+    rig.executor.start = start_and_tell  # type: ignore[method-assign]
+    # a's end is recorded and reported only once b started: a slot held until then would never let b in.
+    rig.executor.end_details = lambda job: (b_started.wait(5), end_details(job))[-1]  # type: ignore[method-assign]
+    rig.backend.submit("a")
+    rig.backend.submit("b")
+    rig.start()
+
+    rig.wait_status("a", "finished")
+    assert b_started.is_set()
 
 
 def test_a_planned_exit_waits_until_the_last_container_is_removed(rig: Rig) -> None:
