@@ -602,7 +602,7 @@ def _phases(turn: list[Row]) -> list[str]:
     rows = [row for row in turn if row.get("phases")]
     if not rows:
         return []
-    names = sorted({name for row in rows for name in row["phases"]} & set(_PHASE_ORDER), key=_PHASE_ORDER.index)
+    names = sorted({name for row in rows for name in row["phases"]}, key=_PHASE_ORDER.index)
     c_job = _med(turn, "docker run --rm", "per_job_s")
     lines = [
         "## Where a worker job's turnaround goes",
@@ -624,7 +624,7 @@ def _phases(turn: list[Row]) -> list[str]:
         total += value
         lines.append(f"| {name} | {value * 1000:.0f} ms |")
     lines += [f"| sum | {total * 1000:.0f} ms |", ""]
-    pickups = [row["phases"]["first pickup"] for row in rows if "first pickup" in row["phases"]]
+    pickups = [row["first_pickup_s"] for row in rows if "first_pickup_s" in row]
     if pickups:
         jobs = median([row["jobs"] for row in rows])
         lines += [

@@ -306,18 +306,17 @@ class Bench:
         n = self.sizes.jobs
         for rep in range(self.sizes.repeats):
             for how in ("worker", "docker run --rm")[:: 1 if rep % 2 == 0 else -1]:
-                phases: dict[str, float] = {}
+                worker_figures: Row = {}
                 if how == "worker":
                     elapsed, jobs = self._batch(n)
-                    phases = _phases(jobs)
+                    worker_figures = {"phases": _phases(jobs), "first_pickup_s": _first_pickup(jobs)}
                 else:
                     began = time.monotonic()
                     for _ in range(n):
                         _docker_run_true()
                     elapsed = time.monotonic() - began
                 row = {"what": how, "repeat": rep, "jobs": n, "seconds": elapsed, "per_job_s": elapsed / n}
-                if phases:
-                    row["phases"] = phases
+                row.update(worker_figures)
                 rows.append(row)
                 _progress(row)
         self.retire(worker)
@@ -631,11 +630,14 @@ def _phases(jobs: list[Row]) -> dict[str, float]:
     for spans in ends.values():
         spans.sort()
         steps["finished -> next dispatched"] += [b[0] - a[1] for a, b in itertools.pairwise(spans)]
-    phases = {name: tools.median(values) for name, values in steps.items()}
-    if firsts := [span[0] for spans in ends.values() for span in spans]:
-        # Once per batch, not per job: the first job waits for the worker's next poll.
-        phases["first pickup"] = min(firsts) - min(float(job["created_at"]) for job in jobs)
-    return phases
+    return {name: tools.median(values) for name, values in steps.items()}
+
+
+def _first_pickup(jobs: list[Row]) -> float:
+    """Seconds from the first job's creation to the first dispatch: once per batch, not per job, the first job
+    waits in the queue for the worker's next poll."""
+    dispatched = [at for job in jobs if (at := _first(job, "dispatched")) is not None]
+    return min(dispatched) - min(float(job["created_at"]) for job in jobs)
 
 
 def _fleet_figures(jobs: list[Row]) -> Row:
