@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fnmatch
 import functools
 import logging
@@ -42,6 +43,8 @@ LABEL_ATTEMPT = "opeva.attempt"
 _STALE_ATTEMPT_WAIT_SECONDS = 30.0
 _HEADER = struct.Struct(">BxxxL")
 _READ_SIZE = 256 * 1024
+# How long after a SIGKILLed job's exit an `oom` event from dockerd still counts (see _late_oom).
+_LATE_OOM_SECONDS = 2.0
 
 
 @contextlib.contextmanager
@@ -104,7 +107,7 @@ class DockerExecutor:
         self._client = client
         self._timeout = timeout
         self._attached: dict[str, Any] = {}
-        self._ended: dict[str, dict[str, Any]] = {}  # end details seen by exit_code, until end_details asks
+        self._ended: dict[str, dict[str, Any]] = {}  # the inspect seen by exit_code, until end_details asks
 
     @property
     def _api(self) -> docker.APIClient:
@@ -224,10 +227,39 @@ class DockerExecutor:
             time.sleep(1.0)
 
     def end_details(self, job: JobHandle) -> dict[str, Any]:
-        if (seen := self._ended.pop(job.ref, None)) is not None:
-            return seen
-        with _engine(f"inspect {job.name}"):
-            return _end_details(self._api.inspect_container(job.ref))
+        if (inspected := self._ended.pop(job.ref, None)) is None:
+            with _engine(f"inspect {job.name}"):
+                inspected = self._api.inspect_container(job.ref)
+        state = inspected["State"]
+        ended = {"oom_killed": bool(state.get("OOMKilled")), "image_id": inspected.get("Image")}
+        limit = (inspected.get("HostConfig") or {}).get("Memory") or 0
+        if ended["oom_killed"] or state.get("ExitCode") != 128 + 9 or not limit:
+            return ended
+        ended["oom_killed"] = self._late_oom(job, state["FinishedAt"])
+        if not ended["oom_killed"]:
+            ended.update(
+                error_code="killed_by_signal",
+                error="the job was killed by signal 9",
+                error_hint=f"The job was killed by signal 9 at a memory limit of {limit // 2**20} MiB: most often "
+                "the kernel's OOM killer, which Docker did not record; ask for more memory or use less.",
+            )
+        return ended
+
+    def _late_oom(self, job: JobHandle, finished_at: str) -> bool:
+        """Whether dockerd saw the kernel's OOM kill only after the exit.
+
+        dockerd 20.10 sets State.OOMKilled only when containerd's OOM event reaches it before the exit event;
+        under load it can come after (then only an `oom` event records it) or, if the shim exits first, never.
+        """
+        died = datetime.datetime.fromisoformat(finished_at).timestamp()
+        with _engine(f"events of {job.name}"):
+            events = self._api.events(
+                since=died - 1, until=died + _LATE_OOM_SECONDS, filters={"container": job.ref, "event": "oom"}
+            )
+            try:
+                return next(iter(events), None) is not None
+            finally:
+                events.close()
 
     def start_created(self, job: JobHandle) -> None:
         with _engine(f"start container {job.name}"):
@@ -258,7 +290,7 @@ class DockerExecutor:
             raise JobLost(f"container {job.name} was created but never started")
         if state.get("Running") or state.get("Status") == "restarting":
             return None
-        self._ended[job.ref] = _end_details(details)  # end_details comes next: no second round trip
+        self._ended[job.ref] = details  # end_details comes next: no second round trip
         return int(state.get("ExitCode", -1))
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:
@@ -432,7 +464,3 @@ def _split_reference(image: str) -> tuple[str, str | None]:
         repository, tag = image.rsplit(":", 1)
         return repository, tag
     return image, "latest"
-
-
-def _end_details(inspected: dict[str, Any]) -> dict[str, Any]:
-    return {"oom_killed": bool(inspected["State"].get("OOMKilled")), "image_id": inspected.get("Image")}
