@@ -107,7 +107,7 @@ class DockerExecutor:
         self._client = client
         self._timeout = timeout
         self._attached: dict[str, Any] = {}
-        self._ended: dict[str, dict[str, Any]] = {}  # the inspect seen by exit_code, until end_details asks
+        self._exit_inspects: dict[str, dict[str, Any]] = {}  # the inspect seen by exit_code, until end_details asks
 
     @property
     def _api(self) -> docker.APIClient:
@@ -227,7 +227,7 @@ class DockerExecutor:
             time.sleep(1.0)
 
     def end_details(self, job: JobHandle) -> dict[str, Any]:
-        if (inspected := self._ended.pop(job.ref, None)) is None:
+        if (inspected := self._exit_inspects.pop(job.ref, None)) is None:
             with _engine(f"inspect {job.name}"):
                 inspected = self._api.inspect_container(job.ref)
         state = inspected["State"]
@@ -290,7 +290,7 @@ class DockerExecutor:
             raise JobLost(f"container {job.name} was created but never started")
         if state.get("Running") or state.get("Status") == "restarting":
             return None
-        self._ended[job.ref] = details  # end_details comes next: no second round trip
+        self._exit_inspects[job.ref] = details  # end_details comes next: no second round trip
         return int(state.get("ExitCode", -1))
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:
@@ -300,7 +300,7 @@ class DockerExecutor:
 
     def remove(self, job: JobHandle) -> None:
         self._close_attached(job.ref)
-        self._ended.pop(job.ref, None)
+        self._exit_inspects.pop(job.ref, None)
         with contextlib.suppress(JobLost), _engine(f"remove {job.name}"):
             self._api.remove_container(job.ref, force=True)
 
