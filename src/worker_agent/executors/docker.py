@@ -232,34 +232,55 @@ class DockerExecutor:
                 inspected = self._api.inspect_container(job.ref)
         state = inspected["State"]
         ended = {"oom_killed": bool(state.get("OOMKilled")), "image_id": inspected.get("Image")}
-        limit = (inspected.get("HostConfig") or {}).get("Memory") or 0
-        if ended["oom_killed"] or state.get("ExitCode") != 128 + 9 or not limit:
+        if ended["oom_killed"] or state.get("ExitCode") != 128 + 9:
             return ended
-        ended["oom_killed"] = self._late_oom(job, state["FinishedAt"])
-        if not ended["oom_killed"]:
-            ended.update(
-                error_code="killed_by_signal",
-                error="the job was killed by signal 9",
-                error_hint=f"The job was killed by signal 9 at a memory limit of {limit // 2**20} MiB: most often "
-                "the kernel's OOM killer, which Docker did not record; ask for more memory or use less.",
+        # SIGKILLed, not by this worker (a stop it asked for never gets here): say by whom, where Docker knows.
+        killer = self._sigkill_record(job, state)
+        if killer == "oom":
+            return {**ended, "oom_killed": True}
+        limit = (inspected.get("HostConfig") or {}).get("Memory") or 0
+        if killer == "kill":
+            hint = (
+                "The job was killed through Docker outside this worker (docker kill, or docker stop after its grace)."
             )
-        return ended
+        elif limit:
+            hint = (
+                f"The job was killed at a memory limit of {limit // 2**20} MiB: most often the kernel's OOM killer, "
+                "which Docker did not record; ask for more memory or use less."
+            )
+        else:
+            return ended
+        return {
+            **ended,
+            "error_code": "killed_by_signal",
+            "error": "the job was killed by signal 9",
+            "error_hint": hint,
+        }
 
-    def _late_oom(self, job: JobHandle, finished_at: str) -> bool:
-        """Whether dockerd saw the kernel's OOM kill only after the exit.
+    def _sigkill_record(self, job: JobHandle, state: dict[str, Any]) -> str | None:
+        """Docker's record of who SIGKILLed an ended job: "oom", "kill" (through Docker's API), None for neither.
 
         dockerd 20.10 sets State.OOMKilled only when containerd's OOM event reaches it before the exit event;
         under load it can come after (then only an `oom` event records it) or, if the shim exits first, never.
         """
-        died = datetime.datetime.fromisoformat(finished_at).timestamp()
+        started, died = (datetime.datetime.fromisoformat(state[key]).timestamp() for key in ("StartedAt", "FinishedAt"))
         with _engine(f"events of {job.name}"):
             events = self._api.events(
-                since=died - 1, until=died + _LATE_OOM_SECONDS, filters={"container": job.ref, "event": "oom"}
+                since=started,
+                until=died + _LATE_OOM_SECONDS,
+                filters={"container": job.ref, "event": ["oom", "kill"]},
+                decode=True,
             )
             try:
-                return next(iter(events), None) is not None
+                for event in events:
+                    if (
+                        event.get("Action") == "oom"
+                        or event.get("Actor", {}).get("Attributes", {}).get("signal") == "9"
+                    ):
+                        return str(event["Action"])
             finally:
                 events.close()
+        return None
 
     def start_created(self, job: JobHandle) -> None:
         with _engine(f"start container {job.name}"):
