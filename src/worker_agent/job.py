@@ -536,6 +536,8 @@ class JobRun:
             details.update(category=ended.get("error_category"), hint=ended.get("error_hint"))
             return str(ended["error_code"]), ended.get("error"), details
         error_code = exit_code_error(code, bool(ended.get("oom_killed")))
+        if error_code and ended.get("error_hint"):  # the executor knows more than the code (Docker: who SIGKILLed)
+            details["hint"] = ended["error_hint"]
         return error_code, _exit_error(error_code, code), details
 
     def refuse(self, error: PayloadError) -> Status:

@@ -64,8 +64,9 @@ class Executor(Protocol):
         ...
 
     def end_details(self, job: JobHandle) -> dict[str, Any]:
-        """What the executor knows about how an ended job ended: `oom_killed` (bool), and for an executor
-        with its own verdict (Slurm) `error_code`, `error` and anything else for the status' details."""
+        """What the executor knows about how an ended job ended: `oom_killed` (bool), an `error_hint` for the
+        exit code's verdict, and for an executor with its own verdict (Slurm) `error_code`, `error` and anything
+        else for the status' details."""
         ...
 
     def stop(self, job: JobHandle, grace_seconds: float) -> None:

@@ -43,7 +43,7 @@ LABEL_ATTEMPT = "opeva.attempt"
 _STALE_ATTEMPT_WAIT_SECONDS = 30.0
 _HEADER = struct.Struct(">BxxxL")
 _READ_SIZE = 256 * 1024
-# How long after a SIGKILLed job's exit an `oom` event from dockerd still counts (see _late_oom).
+# How long after a SIGKILLed job's exit an `oom` event from dockerd still counts (see _sigkill_record).
 _LATE_OOM_SECONDS = 2.0
 
 
@@ -250,12 +250,7 @@ class DockerExecutor:
             )
         else:
             return ended
-        return {
-            **ended,
-            "error_code": "killed_by_signal",
-            "error": "the job was killed by signal 9",
-            "error_hint": hint,
-        }
+        return {**ended, "error_hint": hint}
 
     def _sigkill_record(self, job: JobHandle, state: dict[str, Any]) -> str | None:
         """Docker's record of who SIGKILLed an ended job: "oom", "kill" (through Docker's API), None for neither.
