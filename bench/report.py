@@ -306,8 +306,9 @@ def _bounds(results: dict[str, Any]) -> list[str]:
         "ping while jobs follow each other (the last job's exit inspect stands for one), and at most one "
         "heartbeat a second, on its own thread. POLL_INTERVAL matters only once per batch (the first "
         "pickup, below): after a job ends the worker polls again at once. The batch ends when the backend "
-        "received the last `finished`; the bench looks at the backend only every 0.5 s, since on these 2 "
-        "cores its own requests took CPU that Docker then lacked (a `docker run` loop has no onlooker).",
+        "received the last `finished`; the bench looks every 0.5 s, in the backend's database (read-only), "
+        "never through its API: on these 2 cores its requests took CPU that Docker then lacked, and a `GET "
+        "/jobs` held the backend for up to 23 ms (a `docker run` loop has no onlooker).",
         "- **Stop latency** is bound by STATUS_POLL_INTERVAL: the worker learns of `POST /stop` only at its next "
         "`GET /status`, on average half an interval later (uniform, worst case one interval), then pays "
         "`docker stop` (the job exits on SIGTERM here), a force-remove and the `stopped` report. The bench posts "
