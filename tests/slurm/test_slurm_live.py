@@ -73,9 +73,19 @@ def output(tmp_path: Path, name: str) -> tuple[str, str]:
     return Path(files.stdout).read_text(), Path(files.stderr).read_text()
 
 
-def containers_of(client: docker.DockerClient, slurm_job_id: str) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"opeva.slurm_job_id={slurm_job_id}"})
-    return [container.name for container in found]
+def containers_of(client: docker.DockerClient, slurm_job_id: str, running: bool = False) -> list[str]:
+    """The names of the Slurm job's containers, from the listing alone: `client.containers.list` inspects each
+    one it lists, which fails when `docker run --rm` removes that container in between."""
+    found = client.api.containers(all=not running, filters={"label": f"opeva.slurm_job_id={slurm_job_id}"})
+    return [item["Names"][0].lstrip("/") for item in found]
+
+
+def wait_container_running(client: docker.DockerClient, tmp_path: Path, name: str, slurm_job_id: str) -> None:
+    try:
+        wait_for(lambda: containers_of(client, slurm_job_id, running=True), 30, "the job's container to run")
+    except AssertionError as exc:
+        stdout, stderr = output(tmp_path, name)
+        raise AssertionError(f"{exc}; Slurm: {job_state(slurm_job_id)}; stdout {stdout!r}; stderr {stderr!r}") from None
 
 
 @pytest.mark.docker
@@ -144,7 +154,7 @@ def test_scancel_term_full_stops_docker_job(tmp_path: Path, busybox_image: str) 
     client = docker.from_env()
     job_id = submit(tmp_path, "stoppable", "docker", TRAPPING, busybox_image)
     wait_job(job_id, done=False)
-    wait_for(lambda: containers_of(client, job_id), 30, "the job's container")
+    wait_container_running(client, tmp_path, "stoppable", job_id)
     wait_for(lambda: "started" in output(tmp_path, "stoppable")[0], 30, "the job to print")
 
     run("scancel", "--signal=TERM", "--full", job_id)
@@ -162,7 +172,7 @@ def test_scancel_stops_a_container_that_ignores_sigterm(tmp_path: Path, busybox_
     client = docker.from_env()
     job_id = submit(tmp_path, "stubborn", "docker", ("sleep", "300"), busybox_image)
     wait_job(job_id, done=False)
-    wait_for(lambda: containers_of(client, job_id), 30, "the job's container")
+    wait_container_running(client, tmp_path, "stubborn", job_id)
     run("scancel", job_id)
     state = wait_job(job_id, timeout=30)
     assert state.state == "CANCELLED"
