@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -73,57 +74,98 @@ def test_a_job_requeued_onto_another_worker_is_removed_here_and_finished_there(
     assert list((first.state_dir / "outbox").glob("*.json")) == []
 
 
-@pytest.fixture
-def flaky_proxy(devserver: Devserver) -> Iterator[tuple[str, threading.Event]]:
-    """A proxy in front of the backend that answers HTML 404s to everything while `broken` is set."""
-    broken = threading.Event()
+class Proxy:
+    """A proxy in front of the backend: HTML 404s to everything while `broken` is set, a 500 to every status
+    update of `failing_job`; each status update it saw is in `statuses` (job id, status, the answer's code)."""
 
-    class Proxy(BaseHTTPRequestHandler):
-        def _forward(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-            if broken.is_set():
-                self._send(404, b"<html><body><h1>404 Not Found</h1>nginx</body></html>", "text/html")
-                return
-            request = urllib.request.Request(devserver.url + self.path, data=body, method=self.command)
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.url = ""
+        self.broken = threading.Event()
+        self.failing_job = ""
+        self.statuses: list[tuple[str, str, int]] = []
+
+    def answer(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes, str]:
+        if self.broken.is_set():
+            return 404, b"<html><body><h1>404 Not Found</h1>nginx</body></html>", "text/html"
+        update = json.loads(body) if path == "/api/agent/job-status" and body else {}
+        if update and update.get("job_id") == self.failing_job:
+            code, answer, content_type = 500, b'{"detail": "Internal Server Error"}', "application/json"
+        else:
+            request = urllib.request.Request(self.backend + path, data=body, method=method)
             request.add_header("Content-Type", "application/json")
             try:
-                with urllib.request.urlopen(request, timeout=10) as answer:
-                    self._send(answer.status, answer.read(), answer.headers.get("Content-Type", ""))
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    code, answer, content_type = reply.status, reply.read(), reply.headers.get("Content-Type", "")
             except urllib.error.HTTPError as error:
-                self._send(error.code, error.read(), error.headers.get("Content-Type", ""))
+                code, answer, content_type = error.code, error.read(), error.headers.get("Content-Type", "")
+        if update:
+            self.statuses.append((update["job_id"], update["status"], code))
+        return code, answer, content_type
 
-        do_GET = do_POST = _forward
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
+@pytest.fixture
+def proxy(devserver: Devserver) -> Iterator[Proxy]:
+    proxy = Proxy(devserver.url)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            code, answer, content_type = proxy.answer(self.command, self.path, body)
             self.send_response(code)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(answer)
+
+        do_GET = do_POST = _forward
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", broken
+    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield proxy
     server.shutdown()
     server.server_close()
 
 
 def test_html_404s_from_a_proxy_are_an_outage_not_a_lost_job(
-    devserver: Devserver, make_worker: Make, flaky_proxy: tuple[str, threading.Event]
+    devserver: Devserver, make_worker: Make, proxy: Proxy
 ) -> None:
-    url, broken = flaky_proxy
     job_id = devserver.submit(image=IMAGE, command=sh("sleep 6; echo survived"))
-    worker = make_worker({"OPEVA_SERVER": url}).start("--exit-after-job")
+    worker = make_worker({"OPEVA_SERVER": proxy.url}).start("--exit-after-job")
     devserver.wait_status(job_id, {"running"})
 
-    broken.set()  # 15 s of HTML 404s to every call, across the job's end
+    proxy.broken.set()  # 15 s of HTML 404s to every call, across the job's end
     time.sleep(15)
     assert devserver.status(job_id) == "running"
-    broken.clear()
+    proxy.broken.clear()
 
     assert worker.wait(60) == 0, worker.text()
     assert devserver.status(job_id) == "finished"
     assert "survived" in devserver.log_file(job_id).read_text()
+
+
+def test_a_job_whose_statuses_keep_failing_holds_back_no_other_job(
+    devserver: Devserver, make_worker: Make, proxy: Proxy
+) -> None:
+    stuck = devserver.submit(image=IMAGE, command=sh("echo stuck"))
+    proxy.failing_job = stuck  # e.g. a backend bug for this one job: each of its statuses gets a 500
+    worker = make_worker({"OPEVA_SERVER": proxy.url, "WORKER_MAX_ACTIVE_JOBS": "2"}).start()
+
+    def tries_of_stuck() -> int:
+        return sum(job_id == stuck for job_id, _, _ in proxy.statuses)
+
+    # Backoff from 1 s, doubling: after 4 tries the worker waits 4 to 8 s before the next one.
+    wait_for(lambda: tries_of_stuck() >= 4, 60, "four tries of the stuck job's status")
+    before = tries_of_stuck()
+    other = devserver.submit(image=IMAGE, command=sh("echo other"))
+    devserver.wait_status(other, {"finished"}, timeout=120)
+
+    # Its setup, running and finished went out as they came, not one per retry of the stuck job.
+    assert tries_of_stuck() - before <= 1, proxy.statuses
+    proxy.failing_job = ""
+    devserver.wait_status(stuck, {"finished"}, timeout=60)
+    assert statuses(devserver, stuck) == ["queued", "dispatched", "setup", "running", "finished"], worker.text()

@@ -7,11 +7,14 @@ import logging
 import os
 import stat
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from harness import wait_for
 
 from worker_agent import defaults
 from worker_agent.backend.client import BackendClient
@@ -202,9 +205,21 @@ class JobStatuses:
         return httpx.Response(code, json={"ok": code == 200})
 
 
-def reporter_with(tmp_path: Path, backend: JobStatuses, *updates: StatusUpdate) -> Reporter:
+class Clock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reporter_with(
+    tmp_path: Path, backend: JobStatuses, *updates: StatusUpdate, clock: Callable[[], float] | None = None
+) -> Reporter:
     client = BackendClient("http://backend", "w1", transport=httpx.MockTransport(backend.handle))
-    reporter = Reporter(client, prepared_outbox(tmp_path), Health())
+    reporter = Reporter(client, prepared_outbox(tmp_path), Health(), clock=clock or Clock())
     for update in updates:
         reporter.report(update)
     return reporter
@@ -213,30 +228,32 @@ def reporter_with(tmp_path: Path, backend: JobStatuses, *updates: StatusUpdate) 
 def test_a_job_whose_status_keeps_failing_holds_back_only_its_own(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    backend = JobStatuses()
+    backend, clock = JobStatuses(), Clock()
     backend.answer["a"] = 500  # e.g. a backend bug for this one job
-    reporter = reporter_with(
-        tmp_path,
-        backend,
-        StatusUpdate("a", Status.RUNNING),
-        StatusUpdate("b", Status.RUNNING),
-        StatusUpdate("a", Status.FINISHED, exit_code=0),
-        StatusUpdate("b", Status.FINISHED, exit_code=0),
-    )
+    updates = [StatusUpdate("a", Status.RUNNING), StatusUpdate("a", Status.FINISHED, exit_code=0)]
+    reporter = reporter_with(tmp_path, backend, *updates, clock=clock)
 
     with caplog.at_level(logging.WARNING):
-        delays = [reporter._turn() for _ in range(4)]
+        first = reporter._turn()
+        reporter.report(StatusUpdate("b", Status.RUNNING))
+        reporter.report(StatusUpdate("b", Status.FINISHED, exit_code=0))
+        waits = [reporter._turn() for _ in range(3)]  # before a's backoff is over
 
-    assert backend.accepted == [("b", "running"), ("b", "finished")]
-    # One stretch of trouble: logged once, backed off further each turn, although b's statuses went through.
+    assert backend.tried == [("a", "running"), ("b", "running"), ("b", "finished")]
+    assert 0 < waits[-1] <= first  # waiting out a's backoff, not backing off further
+    clock.now += first
+    with caplog.at_level(logging.WARNING):
+        again = reporter._turn()
+    assert backend.tried[-1] == ("a", "running") and again > first  # a's retry, backed off further
+    # One stretch of trouble: logged once, although b's statuses went through.
     assert len([r for r in caplog.records if "status delivery" in r.getMessage()]) == 1
-    assert all(later > earlier for earlier, later in itertools.pairwise(delays))
     assert ("a", "finished") not in backend.tried  # a job's end never goes before its `running`
     kept = StateDir(tmp_path).outbox()  # a's statuses are on disk, for a restarted worker too
     assert [(update.job_id, update.status) for _, update in kept.heads()] == [("a", "running")]
     assert kept.depth() == 2
 
     del backend.answer["a"]
+    clock.now += again
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
             reporter._turn()
@@ -246,23 +263,49 @@ def test_a_job_whose_status_keeps_failing_holds_back_only_its_own(
     assert "is back" in caplog.records[-1].getMessage()
 
 
+def test_a_new_status_is_sent_at_once_while_another_jobs_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery thread itself: asleep in a's long backoff, it is woken by b's statuses."""
+    monkeypatch.setattr(defaults, "BACKOFF_INITIAL_SECONDS", 120.0)  # a's first retry is a minute away or more
+    backend = JobStatuses()
+    backend.answer["a"] = 500
+    reporter = reporter_with(tmp_path, backend, StatusUpdate("a", Status.RUNNING), clock=time.monotonic)
+    thread = threading.Thread(target=reporter.run, args=(threading.Event(),), daemon=True)
+    thread.start()
+    wait_for(lambda: backend.tried, 10, "a's first try")
+
+    reporter.report(StatusUpdate("b", Status.RUNNING))
+    reporter.report(StatusUpdate("b", Status.FINISHED, exit_code=0))
+
+    wait_for(lambda: len(backend.accepted) == 2, 10, "b's statuses, long before a's retry")
+    assert backend.tried == [("a", "running"), ("b", "running"), ("b", "finished")]
+
+
 @pytest.mark.parametrize("outage", ["unreachable", "503 for all"])
 def test_a_whole_backend_outage_costs_one_request_per_backoff_period(
     tmp_path: Path, outage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    backend = JobStatuses()
+    backend, clock = JobStatuses(), Clock()
     backend.unreachable = outage == "unreachable"
-    backend.answer = {} if backend.unreachable else {"a": 503, "b": 503, "c": 503}
+    backend.answer = {} if backend.unreachable else {"a": 503, "b": 503, "c": 503, "d": 503}
     jobs = [StatusUpdate(job_id, Status.RUNNING) for job_id in ("a", "b", "c")]
-    reporter = reporter_with(tmp_path, backend, *jobs)
+    reporter = reporter_with(tmp_path, backend, *jobs, clock=clock)
 
+    delays = []
     with caplog.at_level(logging.WARNING):
-        delays = [reporter._turn() for _ in range(5)]
+        for _ in range(5):
+            delays.append(reporter._turn())
+            clock.now += delays[-1]
 
-    assert len(backend.tried) == 5  # one request per turn, however many jobs wait
+    assert [job_id for job_id, _ in backend.tried] == ["a", "b", "c", "a", "b"]  # one per period, in turn
     # Doubling from BACKOFF_INITIAL_SECONDS (jitter in [d/2, d)): the same backoff as with one job.
     assert all(later > earlier for earlier, later in itertools.pairwise(delays)) and delays[0] >= 0.5
     assert len([r for r in caplog.records if "status delivery" in r.getMessage()]) == 1  # logged once
+    clock.now -= delays[-1] / 2
+    reporter.report(StatusUpdate("d", Status.RUNNING))  # a job that ends meanwhile: one try, no further backoff
+    assert 0 < reporter._turn() < delays[-1] and len(backend.tried) == 6  # the rest of the same wait
     backend.unreachable, backend.answer = False, {}
+    clock.now += delays[-1]
     reporter._turn()
-    assert sorted(backend.accepted) == [("a", "running"), ("b", "running"), ("c", "running")]
+    assert sorted(backend.accepted) == [("a", "running"), ("b", "running"), ("c", "running"), ("d", "running")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class Reporter:
         health: Health,
         on_stop_seen: Callable[[str], None] = lambda job_id: None,
         on_lost: Callable[[str, str], None] = lambda job_id, why: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
         self._outbox = outbox
@@ -44,6 +46,8 @@ class Reporter:
         self.knows_setup = True  # False once the backend refused a `setup` status
         self._outage = Outage("backend (status delivery)", log)
         self._failing: list[str] = []  # jobs whose last send failed, in the order of that failure
+        self._retry_at = -math.inf  # when the failing jobs are tried again
+        self._clock = clock
 
     def report(self, update: StatusUpdate) -> None:
         """Record the update durably; the delivery thread sends it."""
@@ -68,36 +72,54 @@ class Reporter:
 
     def run(self, stop: threading.Event) -> None:
         """Delivery loop: in order per job, so a job's `running` always precedes its terminal status."""
-        keep_running("reporter", self._turn, stop, self._health, log)
+        # Woken by every new update: one from a job whose sends go through is sent at once, whatever backoff
+        # another job's failures are in.
+        keep_running("reporter", self._turn, stop, self._health, log, wake=self._outbox.changed)
 
     def _turn(self) -> float:
-        """Send the oldest pending update of each job, oldest first but the jobs whose last send failed last.
+        """Send the oldest pending update of each job, oldest first, the jobs whose last send failed last.
 
-        The first failure ends the turn and backs off, whatever the error. One error cannot tell a job's own
-        trouble (a 500 the backend answers only for it) from a backend down for everyone (a proxy's 502 while
-        it restarts, a refused connection), so this keeps a whole outage at one request per backoff period and
-        one log line, as before. The failed job goes behind every other job's update in the next turns:
-        it holds back only its own later updates, never another job's. The outage ends with a turn that sent
-        everything: other jobs' updates going through while one job's keep failing do not end it.
+        One error cannot tell a job's own trouble (a 500 the backend answers only for it) from a backend down
+        for everyone (a proxy's 502 while it restarts, a refused connection). So a failure backs off the jobs
+        that failed, logged once for the whole stretch; every other job's updates are still sent as they come,
+        each job's in order. A whole outage costs one request per backoff period, the failing jobs in turn (and
+        one more for each job that gets a new update meanwhile). It ends with a turn that sent everything.
         """
         self._outbox.changed.clear()
         heads = self._outbox.heads()
-        if not heads:
-            self._outbox.changed.wait(1.0)
-            return 0
         pending = {update.job_id for _, update in heads}
         self._failing = [job_id for job_id in self._failing if job_id in pending]  # forget jobs with nothing left
+        if not heads:
+            return 1.0
         for path, update in sorted(heads, key=self._place):  # stable: oldest first within each group
+            wait = self._retry_at - self._clock()
+            if update.job_id in self._failing and wait > 0:
+                return wait  # the rest are failing jobs, not yet due
             try:
                 self._deliver(update)
             except BackendError as exc:
-                self._failing = [job_id for job_id in self._failing if job_id != update.job_id] + [update.job_id]
-                return self._outage.failed(f"job {update.job_id}: {exc}")
+                if self._failed(update.job_id, exc):
+                    return self._retry_at - self._clock()
+                continue
             self._failing = [job_id for job_id in self._failing if job_id != update.job_id]
             self._outbox.done(path)
             metrics.OUTBOX_DEPTH.set(self._outbox.depth())
+        if self._failing:
+            return self._retry_at - self._clock()
         self._outage.succeeded()
         return 0
+
+    def _failed(self, job_id: str, error: BackendError) -> bool:
+        """Put the job last among the failing; True when the turn ends and backs off further.
+
+        A job failing for the first time while others wait out a backoff joins them: it neither backs off
+        further nor ends the turn, so one such job costs the others nothing."""
+        joins = job_id not in self._failing and self._retry_at > self._clock()
+        self._failing = [failing for failing in self._failing if failing != job_id] + [job_id]
+        if joins:
+            return False
+        self._retry_at = self._clock() + self._outage.failed(f"job {job_id}: {error}")
+        return True
 
     def _place(self, head: tuple[Path, StatusUpdate]) -> int:
         """Where a job's update goes in a turn: -1 when its last send went through, else its place among the failing."""
