@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,18 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="opeva-bench-") as tmp:
-        bench = scenarios.Bench(Path(tmp), sizes)
-        try:
-            for name in chosen:
-                began_one = time.monotonic()
-                results[name] = SCENARIOS[name](bench)
-                timings[name] = time.monotonic() - began_one
-                # Kept as it goes: a run cut short still leaves its figures (`--render` makes the Markdown).
-                _save(results, mode, bool(args.only))
-        finally:
-            bench.note_others()
-            bench.close()
+    tmp = Path(tempfile.mkdtemp(prefix="opeva-bench-"))
+    bench = scenarios.Bench(tmp, sizes)
+    try:
+        for name in chosen:
+            began_one = time.monotonic()
+            results[name] = SCENARIOS[name](bench)
+            timings[name] = time.monotonic() - began_one
+            # Kept as it goes: a run cut short still leaves its figures (`--render` makes the Markdown).
+            _save(results, mode, bool(args.only))
+    except BaseException:
+        # What tells why (the backends' databases, the workers' output) stays for a look.
+        print(f"bench: run cut short; its backends and workers left their files in {tmp}", file=sys.stderr)
+        raise
+    finally:
+        bench.note_others()
+        bench.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     results["meta"] = {
         "mode": mode,
         "repeats": sizes.repeats,
