@@ -629,7 +629,8 @@ def _phases(turn: list[Row]) -> list[str]:
     if pickups:
         jobs = median([row["jobs"] for row in rows])
         lines += [
-            f"Once per batch the first job waits in the queue for the worker's next poll (0 to POLL_INTERVAL): "
+            f"Once per batch the first job waits in the queue for the worker's next poll (0 to POLL_INTERVAL; the "
+            f"bench submits each batch at a random moment of the poll cycle, as a user would): "
             f"created -> dispatched {median(pickups) * 1000:.0f} ms, median of the repeats, which is "
             f"{median(pickups) / jobs * 1000:.0f} ms of the per-job figure over {jobs:.0f} jobs.",
             "",

@@ -362,7 +362,12 @@ class Bench:
         (read-only), never through its API: on these 2 cores, asking the API every 50 ms cost the backend 65 ms
         of CPU per job that Docker's create and start then lacked, and even every 0.5 s a `GET /jobs` of the
         turnaround's 250 jobs held the backend for 23 ms each time (a `docker run` loop has no such onlooker).
-        The end is read from the backend's own records, not from the look."""
+        The end is read from the backend's own records, not from the look.
+
+        The batch comes at a random moment of the workers' poll cycle (POLL_INTERVAL=1 in both callers), as a
+        user's would: right after a poll (a worker that just came up, or just found the queue empty after the
+        previous batch) its first job would wait the whole cycle instead of half of it on average."""
+        time.sleep(random.uniform(0, 1))
         began = time.time()
         ids = {self.submit(["true"]) for _ in range(n)}
         wait_for(lambda: self._all_done(ids), 300, f"{n} jobs", interval=0.5)
