@@ -85,7 +85,6 @@ class Reporter:
         each job's in order. A whole outage costs one request per backoff period, the failing jobs in turn (and
         one more for each job that gets a new update meanwhile). It ends with a turn that sent everything.
         """
-        self._outbox.changed.clear()
         heads = self._outbox.heads()
         pending = {update.job_id for _, update in heads}
         self._failing = [job_id for job_id in self._failing if job_id in pending]  # forget jobs with nothing left
