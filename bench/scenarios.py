@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import BUSYBOX_IMAGE, Devserver, WorkerProcess, build_busybox_image, wait_for
 
 IMAGE = BUSYBOX_IMAGE
+# Seconds between a worker's next-job polls, unless a scenario sets its own.
+POLL_INTERVAL = 1
 CLI_LABEL = "opeva-bench=docker-cli"  # the baseline's containers, to clean up after a wedged dockerd
 MiB = 1024 * 1024
 
@@ -115,7 +117,12 @@ class Bench:
         """A worker process against `dev` (default: the bench's devserver), up once its first heartbeat is in."""
         dev = dev or self.dev
         self.note_others()
-        base = {"LOG_LEVEL": "INFO", "POLL_INTERVAL": "1", "STATUS_POLL_INTERVAL": "10", "STOP_GRACE_PERIOD": "10"}
+        base = {
+            "LOG_LEVEL": "INFO",
+            "POLL_INTERVAL": str(POLL_INTERVAL),
+            "STATUS_POLL_INTERVAL": "10",
+            "STOP_GRACE_PERIOD": "10",
+        }
         worker = WorkerProcess(dev, dev.shared.parent, {**base, **env}).start()
         self.workers.append(worker)
         if wait:
@@ -301,7 +308,7 @@ class Bench:
     # --- job turnaround ---
 
     def turnaround(self) -> list[Row]:
-        worker = self.worker(POLL_INTERVAL="1")
+        worker = self.worker()
         rows: list[Row] = []
         n = self.sizes.jobs
         for rep in range(self.sizes.repeats):
@@ -332,9 +339,9 @@ class Bench:
         for rep in range(self.sizes.repeats):
             for how in ("1 worker, 4 slots", "4 workers, 1 slot each")[:: 1 if rep % 2 == 0 else -1]:
                 if how.startswith("1 worker"):
-                    workers = [self.worker(POLL_INTERVAL="1", WORKER_MAX_ACTIVE_JOBS="4")]
+                    workers = [self.worker(WORKER_MAX_ACTIVE_JOBS="4")]
                 else:
-                    workers = [self.worker(POLL_INTERVAL="1") for _ in range(4)]
+                    workers = [self.worker() for _ in range(4)]
                 elapsed, _ = self._batch(n)
                 row = {"what": how, "repeat": rep, "jobs": n, "seconds": elapsed, "per_job_s": elapsed / n}
                 rows.append(row)
@@ -364,10 +371,10 @@ class Bench:
         turnaround's 250 jobs held the backend for 23 ms each time (a `docker run` loop has no such onlooker).
         The end is read from the backend's own records, not from the look.
 
-        The batch comes at a random moment of the workers' poll cycle (POLL_INTERVAL=1 in both callers), as a
-        user's would: right after a poll (a worker that just came up, or just found the queue empty after the
-        previous batch) its first job would wait the whole cycle instead of half of it on average."""
-        time.sleep(random.uniform(0, 1))
+        The batch comes at a random moment of the workers' poll cycle (POLL_INTERVAL), as a user's would: right
+        after a poll (a worker that just came up, or just found the queue empty after the previous batch) its
+        first job would wait the whole cycle instead of half of it on average."""
+        time.sleep(random.uniform(0, POLL_INTERVAL))
         began = time.time()
         ids = {self.submit(["true"]) for _ in range(n)}
         wait_for(lambda: self._all_done(ids), 300, f"{n} jobs", interval=0.5)
